@@ -1,0 +1,193 @@
+"""mmseg-compatible checkpoints in and out, from files or http(s) URLs with a local cache.
+
+Read: a bare state dict, mmseg/mmengine's ``{"meta", "state_dict", ...}``, DDP's ``module.`` prefixes,
+mmrazor distillation checkpoints (the student lives under ``architecture.``, the teacher under
+``teacher.``), and ImageNet backbone checkpoints (``open-mmlab://resnetXX_v1c``) into a backbone.
+Write: ``{"meta": ..., "state_dict": ...}`` with mmseg's key names, which mmseg's loader accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..fileio import atomic_path
+
+# torch.hub's convention, used by mmseg's released files: "<name>-<sha256 prefix>.pth".
+_HASH_RE = re.compile(r"-([a-f0-9]{8,})\.(?:pth|pt)$")
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints are kept: ``$SEGDISTILL_CACHE`` or ``~/.cache/segdistill``."""
+    return Path(os.environ.get("SEGDISTILL_CACHE", Path.home() / ".cache" / "segdistill")) / "checkpoints"
+
+
+def download(url: str, dest_dir: Path | None = None, progress: bool = True) -> Path:
+    """Download ``url`` into the cache once; later calls return the cached file.
+
+    When the file name carries a sha256 prefix (``...-e1e1100f.pth``) the download is verified against
+    it, so a truncated or tampered file is never cached.
+    """
+    dest_dir = dest_dir or cache_dir()
+    name = Path(urllib.request.urlparse(url).path).name or "checkpoint.pth"
+    dest = dest_dir / name
+    if dest.exists():
+        return dest
+    expected = _HASH_RE.search(name)
+    sha = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, atomic_path(dest) as tmp, open(tmp, "wb") as f:
+            total = int(resp.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+                sha.update(chunk)
+                done += len(chunk)
+                if progress and total:
+                    print(f"\rdownloading {name}: {100 * done // total}%", end="", file=sys.stderr)
+            if progress and total:
+                print(file=sys.stderr)
+            if expected and not sha.hexdigest().startswith(expected.group(1)):
+                raise UserError(f"download of {url} is corrupt: sha256 {sha.hexdigest()[:12]} does not start "
+                                f"with {expected.group(1)}; delete {dest_dir} entries and retry")
+    except (urllib.error.URLError, OSError) as e:
+        raise UserError(f"cannot download {url}: {e}; check the URL or pass a local file instead") from e
+    return dest
+
+
+def read_checkpoint(path_or_url: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file (or URL) to CPU and return the raw object as a dict."""
+    src = str(path_or_url)
+    path = download(src) if src.startswith(("http://", "https://")) else Path(src)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; check the path (or give an http(s) URL)")
+    try:
+        # weights_only=False: mmseg checkpoints store numpy/meta objects that the safe loader rejects.
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                        "it may be truncated: re-download or re-save it") from e
+    if not isinstance(obj, dict):
+        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def extract_state_dict(obj: Mapping[str, Any], part: str = "student") -> dict[str, torch.Tensor]:
+    """The model's state dict inside any of the supported checkpoint layouts.
+
+    ``part`` chooses which network of an mmrazor distillation checkpoint: ``"student"``
+    (``architecture.*``) or ``"teacher"`` (``teacher.*``).
+    """
+    sd: Mapping[str, Any] = obj
+    for key in ("state_dict", "model"):
+        if key in obj and isinstance(obj[key], Mapping):
+            sd = obj[key]
+            break
+    sd = {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    prefix = {"student": "architecture.", "teacher": "teacher."}[part]
+    if any(k.startswith(prefix) for k in sd):
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    elif part == "teacher" and any(k.startswith("architecture.") for k in sd):
+        raise UserError("this mmrazor checkpoint holds no teacher weights (no 'teacher.' keys)")
+    return dict(sd)
+
+
+@dataclass
+class Mismatch:
+    """How a state dict differs from a model's."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shape)
+
+    def summary(self, limit: int = 4) -> str:
+        """One line listing the first ``limit`` keys of each kind, with counts."""
+        def cut(items: list[str]) -> str:
+            more = f", ... {len(items) - limit} more" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing [{cut(self.missing)}]")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected [{cut(self.unexpected)}]")
+        if self.shape:
+            parts.append(f"{len(self.shape)} of another shape "
+                         f"[{cut([f'{k}: checkpoint {tuple(a)} vs model {tuple(b)}' for k, a, b in self.shape])}]")
+        return "; ".join(parts)
+
+
+def compare_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> Mismatch:
+    """Missing, unexpected and shape-mismatched keys of ``sd`` against ``model``."""
+    own = model.state_dict()
+    return Mismatch(
+        missing=[k for k in own if k not in sd],
+        unexpected=[k for k in sd if k not in own],
+        shape=[(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items()
+               if k in sd and tuple(sd[k].shape) != tuple(v.shape)],
+    )
+
+
+def load_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool = True,
+                    source: str = "state dict") -> Mismatch:
+    """Copy ``sd`` into ``model``; with ``strict`` any mismatch is a :class:`UserError` naming the keys.
+
+    Without ``strict`` the matching keys are loaded, shape mismatches are skipped, and the mismatch
+    is returned for the caller to report.
+    """
+    mismatch = compare_state_dict(model, sd)
+    if strict and mismatch:
+        raise UserError(f"{source} does not fit the model: {mismatch.summary()} "
+                        "(wrong model name or num_classes? load with strict=False to skip these)")
+    bad = {k for k, _, _ in mismatch.shape}
+    own = model.state_dict()
+    # Copy under no_grad in the model's dtype: a float16-stored checkpoint lands exactly in float32.
+    with torch.no_grad():
+        for k, v in sd.items():
+            if k in own and k not in bad:
+                own[k].copy_(v)
+    return mismatch
+
+
+def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, strict: bool = True,
+                    part: str = "student") -> Mismatch:
+    """Load an mmseg / mmrazor / segdistill checkpoint (file or URL) into ``model``."""
+    sd = extract_state_dict(read_checkpoint(path_or_url), part=part)
+    return load_state_dict(model, sd, strict=strict, source=f"checkpoint {path_or_url}")
+
+
+def load_backbone_checkpoint(backbone: nn.Module, path_or_url: str | os.PathLike) -> Mismatch:
+    """Load ImageNet weights in mmseg's ``resnetXX_v1c`` format into a backbone.
+
+    The classifier (``fc.*``) is dropped; a full segmentor checkpoint is accepted too (its
+    ``backbone.*`` part is used). Every backbone parameter must be present.
+    """
+    sd = extract_state_dict(read_checkpoint(path_or_url))
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    return load_state_dict(backbone, sd, strict=True, source=f"backbone checkpoint {path_or_url}")
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
+                    meta: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+    """Write ``{"meta", "state_dict", **extra}`` atomically; mmseg's ``load_checkpoint`` reads it."""
+    path = Path(path)
+    obj = {"meta": dict(meta or {}), "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
+
