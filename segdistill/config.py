@@ -1,0 +1,353 @@
+"""Experiment configs: one YAML file per experiment, read into typed, validated dataclasses.
+
+``load_config(path, overrides)`` reads the YAML, applies ``key.sub=value`` overrides (list items by
+index: ``distill.losses.0.tau=2``), checks every key and type (an unknown key names the nearest valid
+one) and every range, and returns a :class:`Config`. ``dump_config`` writes the resolved config back
+as YAML, which every run saves in its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Dataset and the training/evaluation pipelines (mmseg's semantics)."""
+
+    kind: Literal["cityscapes", "camvid", "folder"] = "cityscapes"
+    root: str = "data/cityscapes"
+    train_split: str = "train"
+    val_split: str = "val"
+    # Training pipeline: RandomResize(scale, ratio_range) -> RandomCrop(crop_size, cat_max_ratio)
+    # -> RandomFlip -> PhotoMetricDistortion -> Normalize -> Pad.
+    scale: tuple[int, int] = (2048, 1024)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    crop_size: tuple[int, int] = (512, 1024)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    # Evaluation resize (keep ratio, (long, short) edge like mmseg's Resize); null = native size.
+    eval_scale: Optional[tuple[int, int]] = (2048, 1024)
+    workers: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True
+
+
+@dataclass
+class StudentConfig:
+    """The network that trains."""
+
+    model: str = "pspnet_r18-d8"
+    pretrained_backbone: Optional[str] = None  # ImageNet resnetXX_v1c weights (path or URL)
+    checkpoint: Optional[str] = None  # initialise the whole model from a checkpoint instead
+    aux_weight: float = 0.4
+    avg_non_ignore: bool = False  # False = mmseg's CE averaging over all pixels, ignored ones included
+    channels_last: bool = False
+    sync_bn: bool = True  # SyncBatchNorm when training on several CUDA devices
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen network that teaches; ``mode: reference`` reproduces mmrazor's train-mode teacher."""
+
+    model: str = "pspnet_r101-d8"
+    checkpoint: str = ""
+    mode: Literal["eval", "reference"] = "eval"
+    channels_last: bool = True
+    bf16: bool = True  # autocast the teacher's forward where the device supports bfloat16
+    fold_bn: bool = True
+    compile: bool = False
+
+
+@dataclass
+class DistillLossConfig:
+    """One distillation term between a tapped student module and a tapped teacher module."""
+
+    name: str = "cwd_logits"
+    type: Literal["cwd", "kd", "pairwise", "at", "mse"] = "cwd"
+    student: str = "decode_head.conv_seg"
+    teacher: str = "decode_head.conv_seg"
+    weight: float = 5.0
+    tau: float = 1.0
+    connector: Optional[Literal["convbn", "convbnrelu"]] = None
+
+
+@dataclass
+class DistillConfig:
+    """The distillation terms; an empty list with a teacher still runs (and only costs time)."""
+
+    losses: list[DistillLossConfig] = field(default_factory=list)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with poly decay, as the reference: lr(it) = (lr - min_lr) * (1 - it/iters)^power + min_lr."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    norm_weight_decay: Optional[float] = None  # weight decay on norm layers and biases; null = same as above
+    power: float = 0.9
+    min_lr: float = 0.0001
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.1  # linear warm-up starts at lr * warmup_ratio
+    grad_clip: Optional[float] = None  # max global grad norm
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch, precision, and how often to log, evaluate and save."""
+
+    iters: int = 80000
+    batch_size: int = 2  # per process (per GPU)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    device: str = "auto"  # auto | cpu | cuda
+    log_interval: int = 50
+    eval_interval: int = 8000
+    checkpoint_interval: int = 8000
+    max_nonfinite_steps: int = 20  # stop after this many non-finite losses in a row
+    eval_teacher: bool = True  # evaluate the teacher once at the start of a distillation run
+
+
+@dataclass
+class EvalConfig:
+    """Inference used by evaluation: whole image or sliding window, optional flip / multi-scale."""
+
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: Optional[tuple[int, int]] = None
+    stride: Optional[tuple[int, int]] = None
+    flip: bool = False
+    scales: list[float] = field(default_factory=lambda: [1.0])
+
+
+@dataclass
+class Config:
+    """One experiment."""
+
+    name: str = "experiment"
+    seed: int = 0
+    work_dir: Optional[str] = None  # default: runs/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: Optional[TeacherConfig] = None
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _nearest(key: str, valid: typing.Iterable[str]) -> str:
+    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {near[0]!r}?)" if near else f" (valid keys: {', '.join(valid)})"
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (YAML lists -> tuples, int -> float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise UserError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+            return tuple(_convert(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_convert(v, item, f"{where}.{i}") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads `1e-4` as a string; accept what Python reads as a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {where}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            raise UserError(f"unknown config key {path!r}{_nearest(str(key), names)}")
+        kwargs[key] = _convert(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML's scalar rules make `lr=1e-3`, `amp=bf16`, `teacher=null` and `crop=[256,512]` all work.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Apply one ``key.sub=value`` to the raw YAML tree (before validation)."""
+    if "=" not in override:
+        raise UserError(f"override {override!r} is not of the form key.sub=value")
+    dotted, text = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_index(key, node, keys[: i + 1])]
+        else:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_index(last, node, keys)] = _parse_scalar(text)
+    else:
+        node[last] = _parse_scalar(text)
+
+
+def _index(key: str, node: list[Any], path: list[str]) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise UserError(f"override key {'.'.join(path)!r}: {key!r} is not an index below {len(node)}")
+    return int(key)
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks that types alone cannot express."""
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise UserError(f"config key {key!r}: {msg}")
+
+    need(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    need(0 <= cfg.optim.min_lr <= cfg.optim.lr, "optim.min_lr", "must be in [0, optim.lr]")
+    need(cfg.optim.power >= 0, "optim.power", "must be >= 0")
+    need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(cfg.optim.warmup_iters >= 0, "optim.warmup_iters", "must be >= 0")
+    need(0 < cfg.optim.warmup_ratio <= 1, "optim.warmup_ratio", "must be in (0, 1]")
+    need(cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "optim.grad_clip", "must be > 0 or null")
+    need(cfg.train.iters > 0, "train.iters", f"must be > 0, got {cfg.train.iters}")
+    need(cfg.train.batch_size > 0, "train.batch_size", "must be > 0")
+    for key in ("log_interval", "eval_interval", "checkpoint_interval", "max_nonfinite_steps"):
+        need(getattr(cfg.train, key) > 0, f"train.{key}", "must be > 0")
+    need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
+    need(all(c > 0 for c in cfg.data.crop_size), "data.crop_size", "must be positive")
+    need(0 < cfg.data.ratio_range[0] <= cfg.data.ratio_range[1], "data.ratio_range", "must be 0 < low <= high")
+    # The largest image RandomResize can give has a short edge of min(scale) * max(ratio); a crop
+    # larger than that is mostly padding, which is almost always a units mistake (H W vs W H).
+    max_short = min(cfg.data.scale) * cfg.data.ratio_range[1]
+    need(min(cfg.data.crop_size) <= max_short, "data.crop_size",
+         f"{list(cfg.data.crop_size)} is larger than what the pipeline can give (short edge <= {max_short:g}); "
+         "lower the crop or raise data.scale")
+    need(0 < cfg.data.cat_max_ratio <= 1, "data.cat_max_ratio", "must be in (0, 1]")
+    need(0 <= cfg.data.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]")
+    need(cfg.student.aux_weight >= 0, "student.aux_weight", "must be >= 0")
+    names = [loss.name for loss in cfg.distill.losses]
+    need(len(names) == len(set(names)), "distill.losses", f"names must be unique, got {names}")
+    for i, loss in enumerate(cfg.distill.losses):
+        need(loss.tau > 0, f"distill.losses.{i}.tau", f"must be > 0, got {loss.tau}")
+        need(loss.weight >= 0, f"distill.losses.{i}.weight", f"must be >= 0, got {loss.weight}")
+    need(not cfg.distill.losses or cfg.teacher is not None, "distill.losses", "distillation losses need a teacher")
+    if cfg.teacher is not None:
+        need(bool(cfg.teacher.checkpoint), "teacher.checkpoint", "a teacher needs its checkpoint (path or URL)")
+    if cfg.eval.mode == "slide":
+        need(cfg.eval.crop_size is not None and cfg.eval.stride is not None, "eval.mode",
+             "slide needs eval.crop_size and eval.stride")
+    need(len(cfg.eval.scales) > 0 and all(s > 0 for s in cfg.eval.scales), "eval.scales", "must be positive")
+    from .models import MODELS  # late import: the config stage must not need torch to parse
+
+    for key, name in [("student.model", cfg.student.model)] + (
+            [("teacher.model", cfg.teacher.model)] if cfg.teacher else []):
+        need(name in MODELS, key, f"unknown model {name!r}{_nearest(name, MODELS)}")
+    return cfg
+
+
+def config_from_dict(tree: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a validated :class:`Config` from a raw mapping plus ``key.sub=value`` overrides."""
+    tree = _deepcopy(tree)
+    for override in overrides:
+        apply_override(tree, override)
+    return validate(_build(Config, tree))
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML experiment file, apply overrides, and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path} must hold a mapping at the top level")
+    try:
+        return config_from_dict(tree, overrides)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """The config as plain YAML-friendly data (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    """YAML text of the resolved config; ``load_config`` on it gives the same config back."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _deepcopy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deepcopy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deepcopy(v) for v in tree]
+    return tree

@@ -1,0 +1,118 @@
+"""The trainable side of a distillation run: student + connectors -> a dict of named losses.
+
+The teacher is deliberately not part of :class:`DistillStudent`: the trainer runs the
+:class:`~segdistill.distill.teacher.FrozenTeacher` first and passes its tapped outputs in, so DDP
+wraps (and all-reduces) only what trains, as in timm's distillation task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models.losses import SegLoss
+from ..models.segmentor import EncoderDecoder
+from .connectors import build_connector
+from .losses import build_loss
+from .teacher import Tap
+
+
+@dataclass(frozen=True)
+class DistillTerm:
+    """One distillation loss between a student tap and a teacher tap."""
+
+    name: str
+    type: str
+    student: str
+    teacher: str
+    weight: float = 1.0
+    tau: float = 1.0
+    connector: str | None = None
+
+
+class DistillStudent(nn.Module):
+    """Student, connectors and every loss; ``forward(image, label, teacher_outputs)`` -> named losses.
+
+    Without terms (or without teacher outputs) it is plain supervised training of the student.
+    Loss names: ``loss_decode``, ``loss_aux`` and one ``loss_<term name>`` per distillation term.
+    """
+
+    def __init__(self, student: EncoderDecoder, terms: Sequence[DistillTerm] = (),
+                 seg_loss: SegLoss | None = None, tap_channels: Mapping[str, tuple[int, int]] | None = None) -> None:
+        super().__init__()
+        self.student = student
+        self.seg_loss = seg_loss or SegLoss()
+        self.terms = list(terms)
+        self.connectors = nn.ModuleDict()
+        self.losses = nn.ModuleDict()
+        for term in self.terms:
+            kwargs: dict[str, float] = {"loss_weight": term.weight}
+            if term.type in ("cwd", "kd"):
+                kwargs["tau"] = term.tau
+            self.losses[term.name] = build_loss(term.type, **kwargs)
+            if term.connector:
+                if tap_channels is None or term.name not in tap_channels:
+                    raise ValueError(f"connector of {term.name!r} needs its (student, teacher) channel counts")
+                s_ch, t_ch = tap_channels[term.name]
+                self.connectors[term.name] = build_connector(term.connector, s_ch, t_ch)
+        self.student_taps = list(dict.fromkeys(t.student for t in self.terms))
+        self._tap = Tap(student, self.student_taps, "student") if self.terms else None
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return list(dict.fromkeys(t.teacher for t in self.terms))
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor,
+                teacher_outputs: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        outputs = self.student(image, with_aux=self.seg_loss.aux_weight > 0)
+        losses = self.seg_loss(outputs, label)
+        tapped = self._tap.pop() if self._tap is not None else {}
+        if teacher_outputs is not None:
+            for term in self.terms:
+                s = tapped[term.student]
+                if term.name in self.connectors:
+                    s = self.connectors[term.name](s)
+                losses[f"loss_{term.name}"] = self.losses[term.name](s, teacher_outputs[term.teacher])
+        return losses
+
+    def student_state_dict(self) -> dict[str, torch.Tensor]:
+        """The student alone (no connectors, no teacher): what gets exported and evaluated."""
+        return self.student.state_dict()
+
+
+@torch.no_grad()
+def tap_channels(student: nn.Module, teacher: nn.Module, terms: Sequence[DistillTerm],
+                 probe_size: tuple[int, int] = (64, 64)) -> dict[str, tuple[int, int]]:
+    """Channel counts of each term's student and teacher taps, from one small probe forward."""
+    def channels(model: nn.Module, names: list[str], role: str) -> dict[str, int]:
+        tap = Tap(model, names, role)
+        was_training = model.training
+        model.eval()
+        try:
+            device = next(model.parameters()).device
+            model(torch.zeros(1, 3, *probe_size, device=device))
+        finally:
+            model.train(was_training)
+            tap.close()
+        return {k: v.shape[1] for k, v in tap.pop().items()}
+
+    s = channels(student, [t.student for t in terms], "student")
+    t = channels(teacher, [t.teacher for t in terms], "teacher")
+    return {term.name: (s[term.student], t[term.teacher]) for term in terms}
+
+
+def check_compatible(student: EncoderDecoder, teacher: EncoderDecoder, terms: Sequence[DistillTerm],
+                     channels: Mapping[str, tuple[int, int]]) -> None:
+    """User-facing checks before training starts: same classes, matching channels or a connector."""
+    if student.num_classes != teacher.num_classes:
+        raise UserError(f"teacher predicts {teacher.num_classes} classes but the student {student.num_classes}; "
+                        "both must be built for the dataset's classes (check the teacher checkpoint)")
+    for term in terms:
+        s_ch, t_ch = channels[term.name]
+        if s_ch != t_ch and not term.connector:
+            raise UserError(f"distill term {term.name!r}: student {term.student} has {s_ch} channels, teacher "
+                            f"{term.teacher} has {t_ch}; set connector: convbn for this term")

@@ -1,0 +1,54 @@
+"""Run a segmentor over a dataset split and reduce a confusion matrix across ranks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..config import EvalConfig
+from ..errors import UserError
+from ..models.segmentor import EncoderDecoder
+from .metrics import ConfusionMatrix, MetricValueError, SegMetrics
+
+
+def _worker_init(_: int) -> None:
+    # OpenCV's own thread pool inside every DataLoader worker oversubscribes the cores.
+    cv2.setNumThreads(0)
+
+
+@torch.no_grad()
+def evaluate(model: EncoderDecoder, eval_set: torch.utils.data.Dataset, eval_cfg: EvalConfig,
+             device: torch.device, class_names: Sequence[str], *, rank: int = 0, world_size: int = 1,
+             workers: int = 0, ignore_index: int = 255) -> SegMetrics:
+    """mIoU, mAcc, aAcc and per-class IoU/Acc of ``model`` on ``eval_set`` at full label resolution.
+
+    Rank ``r`` of ``W`` evaluates samples r, r+W, ...; the summed confusion matrix counts every sample
+    exactly once (no padding duplicates, unlike DistributedSampler), so the numbers equal a single
+    process's. Each sample is a normalised image tensor (possibly resized) and its original-size label.
+    """
+    was_training = model.training
+    model.eval()
+    indices = list(range(rank, len(eval_set), world_size))  # type: ignore[arg-type]
+    loader = DataLoader(Subset(eval_set, indices), batch_size=1, num_workers=workers,
+                        worker_init_fn=_worker_init if workers else None,
+                        # Its own generator: creating the iterator must not advance the global RNG,
+                        # or evaluating mid-run would change the training that follows.
+                        generator=torch.Generator())
+    cm = ConfusionMatrix(len(class_names), ignore_index=ignore_index, device=device)
+    for image, label, index in loader:
+        image = image.to(device, non_blocking=True)
+        label = label.to(device, non_blocking=True)
+        scores = model.inference(image, mode=eval_cfg.mode, crop_size=eval_cfg.crop_size, stride=eval_cfg.stride,
+                                 flip=eval_cfg.flip, scales=eval_cfg.scales, out_size=label.shape[-2:])
+        try:
+            cm.update(scores.argmax(dim=1), label)
+        except MetricValueError as e:
+            name = getattr(getattr(eval_set, "dataset", None), "names", None)
+            where = name[int(index)] if name else f"sample {int(index)}"
+            raise UserError(f"{where}: {e}") from None
+    cm.all_reduce()
+    model.train(was_training)
+    return cm.compute(class_names)
