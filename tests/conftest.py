@@ -34,3 +34,35 @@ def camvid_root() -> Path:
 def _few_threads() -> None:
     # Two cores on CI: keep intra-op threads fixed so tests are deterministic and do not oversubscribe.
     torch.set_num_threads(2)
+
+
+def write_tiny_folder_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: tuple[int, int] = (64, 96),
+                              seed: int = 0) -> Path:
+    """A learnable 3-class folder dataset: a bright and a dark rectangle on a mid-grey textured floor."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("floor 128 64 128\nbright 220 220 0\ndark 0 0 142\n")
+    h, w = size
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            label = np.zeros((h, w), np.uint8)
+            image = rng.normal(120, 20, (h, w, 3))
+            for cls, value in ((1, 230.0), (2, 20.0)):
+                y, x = rng.integers(0, h - h // 3), rng.integers(0, w - w // 3)
+                label[y:y + h // 3, x:x + w // 3] = cls
+                image[y:y + h // 3, x:x + w // 3] = rng.normal(value, 15, (h // 3, w // 3, 3))
+            label[:2, :] = 255  # an ignored border, as real datasets have
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / split / f"f{i:03d}.png")
+            Image.fromarray(label).save(root / "masks" / split / f"f{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A folder dataset (3 classes, 8 train / 4 val images of 64x96) in a temporary folder."""
+    return write_tiny_folder_dataset(tmp_path / "tiny_data")

@@ -288,7 +288,7 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
                 skipped += 1
                 consecutive_bad += 1
                 optimizer.zero_grad(set_to_none=True)
-                logger.log("nonfinite", it + 1, {k: float(v) for k, v in losses.items()},
+                logger.log("nonfinite", it + 1, {k: float(v.detach()) for k, v in losses.items()},
                            f"iter {it + 1}: non-finite loss, step skipped ({consecutive_bad} in a row)")
                 if consecutive_bad >= cfg.train.max_nonfinite_steps:
                     raise UserError(f"{consecutive_bad} non-finite losses in a row at iteration {it + 1}; the last "
