@@ -186,7 +186,16 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segdistill`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`train cfg.yaml --work-dir d optim.lr=0.1`), which a
+    # positional nargs="*" cannot collect; gather the key=value leftovers here.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return int(args.func(args) or 0)
     except UserError as e:
