@@ -79,8 +79,11 @@ class DistillLossConfig:
     student: str = "decode_head.conv_seg"
     teacher: str = "decode_head.conv_seg"
     weight: float = 5.0
-    tau: float = 1.0
-    connector: Optional[Literal["convbn", "convbnrelu"]] = None
+    tau: float = 1.0  # cwd, kd
+    connector: Optional[Literal["convbn", "convbnrelu", "identity"]] = None
+    resize: bool = False  # cwd: resize the student map to the teacher's size instead of refusing
+    pool_size: Optional[int] = None  # pairwise: average-pool both maps to this size first (memory is O((HW)^2))
+    p: float = 2.0  # at: the exponent of the attention map
 
 
 @dataclass
@@ -291,6 +294,8 @@ def validate(cfg: Config) -> Config:
     for i, loss in enumerate(cfg.distill.losses):
         need(loss.tau > 0, f"distill.losses.{i}.tau", f"must be > 0, got {loss.tau}")
         need(loss.weight >= 0, f"distill.losses.{i}.weight", f"must be >= 0, got {loss.weight}")
+        need(loss.pool_size is None or loss.pool_size > 0, f"distill.losses.{i}.pool_size", "must be > 0 or null")
+        need(loss.p > 0, f"distill.losses.{i}.p", f"must be > 0, got {loss.p}")
     need(not cfg.distill.losses or cfg.teacher is not None, "distill.losses", "distillation losses need a teacher")
     if cfg.teacher is not None:
         need(bool(cfg.teacher.checkpoint), "teacher.checkpoint", "a teacher needs its checkpoint (path or URL)")

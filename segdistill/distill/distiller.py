@@ -32,6 +32,22 @@ class DistillTerm:
     weight: float = 1.0
     tau: float = 1.0
     connector: str | None = None
+    resize: bool = False
+    pool_size: int | None = None
+    p: float = 2.0
+
+    def loss_kwargs(self) -> dict[str, object]:
+        """Keyword arguments of this term's loss class (only the options that loss has)."""
+        kwargs: dict[str, object] = {"loss_weight": self.weight}
+        if self.type in ("cwd", "kd"):
+            kwargs["tau"] = self.tau
+        if self.type == "cwd":
+            kwargs["resize"] = self.resize
+        if self.type == "pairwise":
+            kwargs["pool_size"] = self.pool_size
+        if self.type == "at":
+            kwargs["p"] = self.p
+        return kwargs
 
 
 class DistillStudent(nn.Module):
@@ -50,10 +66,7 @@ class DistillStudent(nn.Module):
         self.connectors = nn.ModuleDict()
         self.losses = nn.ModuleDict()
         for term in self.terms:
-            kwargs: dict[str, float] = {"loss_weight": term.weight}
-            if term.type in ("cwd", "kd"):
-                kwargs["tau"] = term.tau
-            self.losses[term.name] = build_loss(term.type, **kwargs)
+            self.losses[term.name] = build_loss(term.type, **term.loss_kwargs())
             if term.connector:
                 if tap_channels is None or term.name not in tap_channels:
                     raise ValueError(f"connector of {term.name!r} needs its (student, teacher) channel counts")

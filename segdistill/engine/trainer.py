@@ -9,6 +9,7 @@ frozen teacher runs beside it, outside DDP.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import statistics
@@ -174,8 +175,7 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
     # ---- models -------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     student = build_student(cfg, num_classes)
-    terms = [DistillTerm(t.name, t.type, t.student, t.teacher, t.weight, t.tau, t.connector)
-             for t in cfg.distill.losses]
+    terms = [DistillTerm(**dataclasses.asdict(t)) for t in cfg.distill.losses]
     teacher: FrozenTeacher | None = None
     channels = None
     if cfg.teacher is not None:
