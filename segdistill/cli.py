@@ -41,7 +41,7 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.checkpointing import iter_checkpoints
-    from .engine.trainer import TrainingStopped, train
+    from .engine.trainer import train
 
     cfg = _config(args)
     work_dir = _work_dir(cfg, args)
@@ -49,11 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"{work_dir} already holds checkpoints of a run; drop --no-resume to continue it, "
                         "or choose a new --work-dir")
     resume: bool | Path = Path(args.resume) if isinstance(args.resume, str) else args.resume
-    try:
-        result = train(cfg, work_dir, resume=resume)
-    except TrainingStopped as stopped:
-        print(str(stopped), file=sys.stderr)
-        return 128 + stopped.signum
+    result = train(cfg, work_dir, resume=resume)
     if result.metrics is not None:
         print(result.metrics.table())
     print(f"run folder: {work_dir}")
@@ -196,8 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             parser.error(f"{args.command} takes no key=value overrides: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    from .engine.trainer import TrainingStopped
+
     try:
         return int(args.func(args) or 0)
+    except TrainingStopped as stopped:
+        # A checkpoint was written; the same command resumes. Not an error worth a traceback.
+        print(f"segdistill {args.command}: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
     except UserError as e:
         if args.debug:
             traceback.print_exc()
