@@ -84,6 +84,74 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- predict / export / viz-channels ------------------------------------------------------------
+
+
+def _dataset_meta(cfg, split: str | None = None):  # noqa: ANN001, ANN202 - returns a SegDataset
+    from .data import build_dataset
+
+    return build_dataset(cfg.data.kind, cfg.data.root, split or cfg.data.val_split)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.distributed import pick_device
+    from .evaluation.predict import predict
+    from .models import build_segmentor, load_checkpoint
+
+    if (args.input is None) == (args.split is None):
+        raise UserError("predict needs exactly one of INPUT (an image or a folder) or --split NAME")
+    args.overrides = list(args.overrides) + _eval_overrides(args)
+    cfg = _config(args)
+    ds = _dataset_meta(cfg, args.split)
+    model = build_segmentor(args.model or cfg.student.model, ds.num_classes)
+    load_checkpoint(model, args.checkpoint, part=args.part)
+    device = pick_device(cfg.train.device)
+    outputs = predict(model.to(device), ds if args.split else args.input, args.out, ds.palette, device=device,
+                      mode=cfg.eval.mode, crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, flip=cfg.eval.flip,
+                      scales=cfg.eval.scales, eval_scale=cfg.data.eval_scale, opacity=args.opacity)
+    print(f"wrote {len(outputs) // 2} predictions (index PNG + overlay) to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .models import build_segmentor, load_checkpoint
+    from .models.export import export_onnx, export_student
+
+    cfg = _config(args)
+    ds = _dataset_meta(cfg)
+    out = export_student(args.checkpoint, args.out, args.model or cfg.student.model, ds.num_classes,
+                         classes=ds.classes, palette=ds.palette)
+    print(f"student-only checkpoint: {out}")
+    if args.onnx:
+        model = build_segmentor(args.model or cfg.student.model, ds.num_classes)
+        load_checkpoint(model, out)
+        size = tuple(args.size) if args.size else tuple(cfg.data.crop_size)
+        print(f"ONNX ({size[0]}x{size[1]}, checked against onnxruntime when installed): "
+              f"{export_onnx(model, args.onnx, size)}")
+    return 0
+
+
+def cmd_viz_channels(args: argparse.Namespace) -> int:
+    from .data import read_image
+    from .distill.viz import channel_softmax_figure
+    from .models import build_segmentor, load_checkpoint
+
+    cfg = _config(args)
+    if cfg.teacher is None:
+        raise UserError(f"{args.config} names no teacher; viz-channels compares a teacher with a student")
+    ds = _dataset_meta(cfg)
+    teacher = build_segmentor(cfg.teacher.model, ds.num_classes)
+    load_checkpoint(teacher, args.teacher_checkpoint or cfg.teacher.checkpoint, part=args.teacher_part)
+    student = build_segmentor(cfg.student.model, ds.num_classes)
+    load_checkpoint(student, args.checkpoint)
+    cwd = [t for t in cfg.distill.losses if t.type == "cwd"]
+    tau, tap = (cwd[0].tau, cwd[0].teacher) if cwd else (1.0, "decode_head.conv_seg")
+    fig = channel_softmax_figure(teacher, student, read_image(args.image), args.out, tau=tau, tap=tap,
+                                 class_names=ds.classes, input_size=tuple(args.size) if args.size else None)
+    print(f"figure: {fig.path}  (CWD on these channels: {fig.loss:.4f})")
+    return 0
+
+
 # ---- info --------------------------------------------------------------------------------------
 
 
@@ -150,6 +218,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="flip + scales 0.5..1.75, as mmseg's aug test")
     p.add_argument("--out", help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="colour masks and overlays for an image, a folder or a dataset split")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (file or URL)")
+    p.add_argument("--input", help="an image file or a folder of images")
+    p.add_argument("--split", help="predict a split of the config's dataset instead")
+    p.add_argument("--out", required=True, help="output folder (never an input folder)")
+    p.add_argument("--model", help="model name (default: the config's student.model)")
+    p.add_argument("--part", choices=["student", "teacher"], default="student")
+    p.add_argument("--mode", choices=["whole", "slide"])
+    p.add_argument("--tta", action="store_true", help="flip + multi-scale test-time augmentation")
+    p.add_argument("--opacity", type=float, default=0.5, help="mask opacity in the overlays")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="student-only checkpoint (mmseg-loadable) and optional ONNX")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="a training, mmrazor or mmseg checkpoint")
+    p.add_argument("--out", required=True, help="the student-only .pth to write")
+    p.add_argument("--model", help="model name (default: the config's student.model)")
+    p.add_argument("--onnx", help="also export ONNX to this path")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="ONNX input size (default: data.crop_size)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("viz-channels", help="teacher vs student channel-wise softmax maps (what CWD aligns)")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="the student checkpoint")
+    p.add_argument("--teacher-checkpoint", help="the teacher checkpoint (default: teacher.checkpoint)")
+    p.add_argument("--teacher-part", choices=["student", "teacher"], default="student",
+                   help="'teacher' to read the teacher out of an mmrazor distillation checkpoint")
+    p.add_argument("--image", required=True, help="the image to visualise")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize the image for the forward")
+    p.set_defaults(func=cmd_viz_channels)
 
     p = sub.add_parser("info", help="parameters per part and FLOPs of a model")
     p.add_argument("model", help="model name, e.g. pspnet_r18-d8")

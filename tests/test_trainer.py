@@ -186,3 +186,25 @@ def test_unwritable_run_folder_is_a_user_error(tiny_dataset: Path, tmp_path: Pat
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match="cannot write to the run folder"):
         train(tiny_config(tiny_dataset), blocker / "run")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "teacher.pth does not exist"),
+    ("corrupt", "is unreadable"),
+    ("classes", r"predicts 7 classes but the dataset \(folder at"),
+    ("model", "does not fit the model: .*missing"),
+])
+def test_bad_teacher_checkpoints_are_one_line_errors(case: str, message: str, tiny_dataset: Path,
+                                                     tmp_path: Path) -> None:
+    path = tmp_path / "teacher.pth"
+    if case == "corrupt":
+        path.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    elif case == "classes":
+        save_checkpoint(path, build_segmentor("pspnet_r50-d8-tiny", 7).state_dict())
+    elif case == "model":
+        save_checkpoint(path, build_segmentor("pspnet_r18-d8-tiny", 3).state_dict())
+    tree = _raw(tiny_config(tiny_dataset))
+    tree["teacher"] = {"model": "pspnet_r50-d8-tiny", "checkpoint": str(path)}
+    with pytest.raises(UserError, match=message) as err:
+        train(config_from_dict(tree), tmp_path / "run")
+    assert "\n" not in str(err.value)

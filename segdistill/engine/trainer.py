@@ -31,7 +31,8 @@ from ..distill.teacher import FrozenTeacher
 from ..errors import UserError
 from ..evaluation import SegMetrics, evaluate
 from ..fileio import atomic_write_text
-from ..models import build_segmentor, load_backbone_checkpoint, load_checkpoint, save_checkpoint
+from ..models import (build_segmentor, extract_state_dict, load_backbone_checkpoint, load_checkpoint, load_state_dict,
+                      read_checkpoint, save_checkpoint)
 from ..models.losses import SegLoss
 from ..models.segmentor import EncoderDecoder
 from .checkpointing import load_training_state, rng_state, save_training_state, set_rng_state
@@ -75,7 +76,13 @@ def build_teacher(cfg: Config, num_classes: int, taps: list[str], device: torch.
     """The frozen teacher with its configured fast paths, on ``device``."""
     assert cfg.teacher is not None
     teacher = build_segmentor(cfg.teacher.model, num_classes)
-    load_checkpoint(teacher, cfg.teacher.checkpoint)
+    sd = extract_state_dict(read_checkpoint(cfg.teacher.checkpoint))
+    classifier = sd.get("decode_head.conv_seg.weight")
+    if classifier is not None and classifier.shape[0] != num_classes:
+        raise UserError(f"teacher checkpoint {cfg.teacher.checkpoint} predicts {classifier.shape[0]} classes but the "
+                        f"dataset ({cfg.data.kind} at {cfg.data.root}) has {num_classes}; teacher and student "
+                        "must share the dataset's classes")
+    load_state_dict(teacher, sd, source=f"teacher checkpoint {cfg.teacher.checkpoint}")
     teacher.to(device)
     return FrozenTeacher(teacher, taps, mode=cfg.teacher.mode, channels_last=cfg.teacher.channels_last,
                          bf16=cfg.teacher.bf16, fold_bn=cfg.teacher.fold_bn, compile=cfg.teacher.compile)
