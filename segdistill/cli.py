@@ -163,17 +163,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- prepare -----------------------------------------------------------------------------------
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare_cityscapes
-
-    report = prepare_cityscapes(args.data_root, nproc=args.nproc, force=args.force)
-    print(report.summary())
-    return 0
-
-
 # ---- demo --------------------------------------------------------------------------------------
 
 
@@ -258,13 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=19)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("prepare", help="prepare a dataset (Cityscapes polygons -> labelTrainIds)")
-    psub = p.add_subparsers(dest="dataset", required=True)
-    pc = psub.add_parser("cityscapes", help="write *_gtFine_labelTrainIds.png for every polygon file")
-    pc.add_argument("data_root", help="folder holding leftImg8bit/ and gtFine/")
-    pc.add_argument("--nproc", type=int, default=8, help="parallel processes")
-    pc.add_argument("--force", action="store_true", help="convert again even where the output exists")
-    pc.set_defaults(func=cmd_prepare)
+    from .data.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)  # prepare cityscapes DATA_ROOT [--nproc N] [--force] [--no-progress]
 
     p = sub.add_parser("demo", help="the whole system on generated street scenes, in minutes on a CPU")
     p.add_argument("--work-dir", default="runs/demo")

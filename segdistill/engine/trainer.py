@@ -136,13 +136,16 @@ class _StopSignal:
 
 
 def _train_loader(cfg: Config, train_set: TrainSet, env: DistEnv, start_iter: int) -> Iterator[Any]:
+    # OpenCV's own thread pool in every worker oversubscribes the cores. Setting it inside a
+    # worker_init_fn can hang forked workers once the parent has used OpenCV, so set it here, once,
+    # before the fork; workers inherit it.
+    cv2.setNumThreads(1)
     sampler = InfiniteSampler(len(train_set), seed=cfg.seed, rank=env.rank, world_size=env.world_size,
                               shuffle=True, start=start_iter * cfg.train.batch_size * env.world_size)
     workers = cfg.data.workers
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=cfg.data.pin_memory and env.device.type == "cuda",
                         persistent_workers=cfg.data.persistent_workers and workers > 0,
-                        worker_init_fn=(lambda _: cv2.setNumThreads(0)) if workers else None,
                         prefetch_factor=4 if workers else None,
                         # A private generator: the loader must not consume the global RNG (dropout's),
                         # or a resumed run would draw different dropout masks.
@@ -203,7 +206,7 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.amp == "fp16")
 
     # ---- resume -------------------------------------------------------------------------------
-    start_iter, best_miou = 0, -1.0
+    start_iter, best_miou, time_before = 0, -1.0, 0.0
     found = load_training_state(work_dir, resume if isinstance(resume, Path) else None) if resume else None
     if found is not None:
         state, path = found
@@ -213,6 +216,7 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
         scaler.load_state_dict(state["scaler"])
         start_iter = int(state["meta"]["iteration"])
         best_miou = float(state["meta"].get("best_mIoU", -1.0))
+        time_before = float(state["meta"].get("train_time_s", 0.0))
         set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
         if start_iter >= cfg.train.iters:
             raise UserError(f"{path} is already at iteration {start_iter} of {cfg.train.iters}; "
@@ -246,7 +250,8 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
         path = None
         if env.is_main:
             path = save_training_state(work_dir, iteration, {
-                "meta": {**meta, "iteration": iteration, "best_mIoU": best_miou},
+                "meta": {**meta, "iteration": iteration, "best_mIoU": best_miou,
+                         "train_time_s": time_before + time.perf_counter() - t_start},
                 "state_dict": model.student.state_dict(),
                 "connectors": model.connectors.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -352,7 +357,8 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
     if env.is_main:
         save_checkpoint(work_dir / "final.pth", model.student.state_dict(), meta={**meta, "iteration": cfg.train.iters})
         if metrics is not None:
-            summary = {"iterations": cfg.train.iters, "wall_time_s": time.perf_counter() - t_start,
+            # Wall time over every session of the run, resumes included.
+            summary = {"iterations": cfg.train.iters, "wall_time_s": time_before + time.perf_counter() - t_start,
                        "final": metrics.to_dict(), "teacher": teacher_metrics.to_dict() if teacher_metrics else None,
                        "skipped_steps": skipped}
             atomic_write_text(work_dir / "results.json", json.dumps(summary, indent=1, allow_nan=False))

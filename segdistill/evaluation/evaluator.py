@@ -14,11 +14,6 @@ from ..models.segmentor import EncoderDecoder
 from .metrics import ConfusionMatrix, MetricValueError, SegMetrics
 
 
-def _worker_init(_: int) -> None:
-    # OpenCV's own thread pool inside every DataLoader worker oversubscribes the cores.
-    cv2.setNumThreads(0)
-
-
 @torch.no_grad()
 def evaluate(model: EncoderDecoder, eval_set: torch.utils.data.Dataset, eval_cfg: EvalConfig,
              device: torch.device, class_names: Sequence[str], *, rank: int = 0, world_size: int = 1,
@@ -31,9 +26,9 @@ def evaluate(model: EncoderDecoder, eval_set: torch.utils.data.Dataset, eval_cfg
     """
     was_training = model.training
     model.eval()
+    cv2.setNumThreads(1)  # before the workers fork; see engine.trainer._train_loader
     indices = list(range(rank, len(eval_set), world_size))  # type: ignore[arg-type]
     loader = DataLoader(Subset(eval_set, indices), batch_size=1, num_workers=workers,
-                        worker_init_fn=_worker_init if workers else None,
                         # Its own generator: creating the iterator must not advance the global RNG,
                         # or evaluating mid-run would change the training that follows.
                         generator=torch.Generator())
