@@ -40,7 +40,7 @@ def demo_configs(work_dir: Path, quick: bool = False) -> dict[str, Config]:
     return {
         "teacher": config_from_dict(tree, common + solo + [
             "name=demo_teacher", "student.model=pspnet_r50-d8-tiny",
-            *([] if quick else ["train.iters=1500", "train.eval_interval=500", "train.checkpoint_interval=500"])]),
+            *([] if quick else ["train.iters=1000", "train.eval_interval=500", "train.checkpoint_interval=500"])]),
         "student": config_from_dict(tree, common + solo + ["name=demo_student"]),
         "student_cwd": config_from_dict(tree, common + [f"teacher.checkpoint={work_dir / 'teacher' / 'final.pth'}"]),
     }

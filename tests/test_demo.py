@@ -40,4 +40,4 @@ def test_shipped_demo_config_is_the_cwd_arm(tmp_path: Path) -> None:
     assert arms["student_cwd"].distill == shipped.distill
     assert arms["student"].teacher is None and not arms["student"].distill.losses
     assert arms["teacher"].student.model == shipped.teacher.model
-    assert {a.train.iters for a in arms.values()} == {1000, 1500}
+    assert {a.train.iters for a in arms.values()} == {800, 1000}

@@ -91,7 +91,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     # marker FFD9 cannot occur inside entropy-coded data, so its absence near the end is proof.
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         raise UserError(f"image {path} is truncated (JPEG without its end marker); re-copy or re-export the file")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    # OpenCV prints its own WARN line for a damaged file; our one-line error below replaces it.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if bgr is None:
         raise UserError(f"image {path} is unreadable or truncated (OpenCV cannot decode it); re-copy or re-export the file")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
