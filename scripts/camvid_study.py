@@ -242,7 +242,13 @@ def main() -> int:
     sub.add_parser("status", help="where each run stands").set_defaults(func=cmd_status)
     sub.add_parser("report", help="JSON, table, curves and prediction grid").set_defaults(func=cmd_report)
     args = parser.parse_args()
-    return args.func(args)
+    from segdistill.engine.trainer import TrainingStopped
+
+    try:
+        return args.func(args)
+    except TrainingStopped as stopped:  # SIGTERM/SIGINT: the run saved a checkpoint; rerun to continue
+        print(f"[study] {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
 
 
 if __name__ == "__main__":

@@ -66,3 +66,15 @@ def write_tiny_folder_dataset(root: Path, n_train: int = 8, n_val: int = 4, size
 def tiny_dataset(tmp_path: Path) -> Path:
     """A folder dataset (3 classes, 8 train / 4 val images of 64x96) in a temporary folder."""
     return write_tiny_folder_dataset(tmp_path / "tiny_data")
+
+
+def tiny_config_tree(data_root: Path) -> dict:
+    """A raw config for the tiny folder dataset: PSPNet-R18-D8-tiny, 48x48 crops, 6 iterations of batch 2."""
+    return {
+        "name": "tiny",
+        "data": {"kind": "folder", "root": str(data_root), "scale": [96, 64], "ratio_range": [0.75, 1.25],
+                 "crop_size": [48, 48], "eval_scale": None, "workers": 0},
+        "student": {"model": "pspnet_r18-d8-tiny"},
+        "optim": {"lr": 0.02, "min_lr": 0.0},
+        "train": {"iters": 6, "batch_size": 2, "log_interval": 1, "eval_interval": 3, "checkpoint_interval": 2},
+    }

@@ -16,18 +16,15 @@ import torch
 
 from segdistill.config import config_from_dict, dump_config
 
+from conftest import tiny_config_tree
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _config_file(tmp_path: Path, data_root: Path, **extra: Any) -> Path:
-    tree = {
-        "name": "tiny",
-        "data": {"kind": "folder", "root": str(data_root), "scale": [96, 64], "ratio_range": [0.75, 1.25],
-                 "crop_size": [48, 48], "eval_scale": None, "workers": 0},
-        "student": {"model": "pspnet_r18-d8-tiny"},
-        "optim": {"lr": 0.01, "min_lr": 0.0},
-        "train": {"iters": 8, "batch_size": 4, "log_interval": 1, "eval_interval": 8, "checkpoint_interval": 4},
-    }
+    tree = tiny_config_tree(data_root)
+    tree["optim"]["lr"] = 0.01
+    tree["train"].update(iters=8, batch_size=4, eval_interval=8, checkpoint_interval=4)
     cfg = config_from_dict(tree, [f"{k}={v}" for k, v in extra.items()])
     path = tmp_path / "tiny.yaml"
     path.write_text(dump_config(cfg))

@@ -18,17 +18,11 @@ from segdistill.engine.trainer import TrainingStopped, train
 from segdistill.errors import UserError
 from segdistill.models import build_segmentor, load_checkpoint, save_checkpoint
 
+from conftest import tiny_config_tree
+
 
 def tiny_config(data_root: Path, **overrides: Any) -> Config:
-    tree: dict[str, Any] = {
-        "name": "tiny",
-        "data": {"kind": "folder", "root": str(data_root), "scale": [96, 64], "ratio_range": [0.75, 1.25],
-                 "crop_size": [48, 48], "eval_scale": None, "workers": 0},
-        "student": {"model": "pspnet_r18-d8-tiny"},
-        "optim": {"lr": 0.02, "min_lr": 0.0},
-        "train": {"iters": 6, "batch_size": 2, "log_interval": 1, "eval_interval": 3, "checkpoint_interval": 2},
-    }
-    return config_from_dict(tree, [f"{k}={v}" for k, v in overrides.items()])
+    return config_from_dict(tiny_config_tree(data_root), [f"{k}={v}" for k, v in overrides.items()])
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

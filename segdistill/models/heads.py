@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .resnet import init_conv_bn
+
 
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize with ``align_corners=False``, the only resize the reference uses."""
@@ -48,12 +50,7 @@ class DecodeHead(nn.Module):
 
     def init_weights(self) -> None:
         """mmseg's init: Kaiming (fan_out) for ConvModules, BN to identity, N(0, 0.01) for ``conv_seg``."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         nn.init.normal_(self.conv_seg.weight, std=0.01)
         nn.init.zeros_(self.conv_seg.bias)
 

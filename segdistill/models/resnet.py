@@ -67,6 +67,16 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def init_conv_bn(module: nn.Module) -> None:
+    """mmseg's default init: Kaiming normal (fan_out, ReLU) for convolutions, BatchNorm as identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 ARCH_SETTINGS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
@@ -130,12 +140,7 @@ class ResNetV1c(nn.Module):
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         # mmseg's from-scratch init; overwritten whenever pretrained weights are loaded.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         if zero_init_residual:
             # Each residual branch starts as identity, which stabilises early training.
             for m in self.modules():
