@@ -10,7 +10,7 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .errors import UserError
 
@@ -256,13 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(func=cmd_demo)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    from .engine.bench import add_bench_parser
+
+    add_bench_parser(sub)  # bench CONFIG [--mode train|infer] [--iters N] [--crop H W] [--batch B] ...
     return parser
-
-
-# Subcommands contributed by other modules: each adds its parser and sets ``func``.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
