@@ -17,7 +17,7 @@ from segdistill.config import Config, load_config
 from segdistill.distill.distiller import DistillStudent, DistillTerm, tap_channels
 from segdistill.distill.teacher import FrozenTeacher
 from segdistill.engine import bench
-from segdistill.engine.bench import (STEP_PARTS, add_bench_parser, bench_infer, bench_train, build_bench_run,
+from segdistill.engine.bench import (STEP_PARTS, bench_infer, bench_train, build_bench_run,
                                      compare_variants, forward_backward, variants)
 from segdistill.engine.trainer import autocast
 from segdistill.errors import UserError
@@ -52,14 +52,8 @@ def write_config(tmp_path: Path, teacher: bool = True, losses: list[dict[str, An
     return path
 
 
-@pytest.fixture(autouse=True)
-def _bench_in_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Wire the subcommand the way the CLI registers contributed commands, so the tests go through
-    # segdistill's real argument handling (overrides after options, UserError -> exit code 2).
-    monkeypatch.setattr(cli, "_EXTRA_COMMANDS", [*cli._EXTRA_COMMANDS, add_bench_parser])
-
-
 def run_cli(*argv: str) -> int:
+    # Through segdistill's real CLI: overrides after options, UserError -> one line and exit code 2.
     return cli.main(["bench", *argv])
 
 

@@ -35,7 +35,15 @@ def _segdistill(*args: str, nproc: int = 1, **kwargs: Any) -> subprocess.Complet
     launcher = [sys.executable, "-m", "segdistill.cli"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "segdistill.cli"]
-    return subprocess.run([*launcher, *args], env=ENV, capture_output=True, text=True, timeout=300, **kwargs)
+    out = subprocess.run([*launcher, *args], env=ENV, capture_output=True, text=True, timeout=300, **kwargs)
+    # A rendezvous port taken by another process or a gloo connect reset on loopback is the
+    # machine's, not ours: launch once more, and only for those errors.
+    if nproc > 1 and out.returncode != 0 and any(m in out.stderr for m in _LAUNCH_FLAKES):
+        out = subprocess.run([*launcher, *args], env=ENV, capture_output=True, text=True, timeout=300, **kwargs)
+    return out
+
+
+_LAUNCH_FLAKES = ("Address already in use", "EADDRINUSE", "Connection reset by peer", "Connection refused")
 
 
 def _losses(run: Path) -> list[float]:
