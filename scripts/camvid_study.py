@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = REPO / "runs" / "camvid"
+# Run folders hold GBs of checkpoints; SEGDISTILL_STUDY_RUNS can put them outside the work tree.
+RUNS = Path(os.environ.get("SEGDISTILL_STUDY_RUNS", REPO / "runs" / "camvid"))
 RESULTS = REPO / "docs" / "results" / "camvid_study.json"
 FIGURES = REPO / "docs" / "images"
 
