@@ -278,7 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .engine.trainer import TrainingStopped
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # Every rank waits for the others, then tears the group down: a rank that exits while a peer
+        # is still closing its gloo connections makes that peer abort (SIGABRT).
+        from .engine.distributed import barrier, cleanup
+
+        barrier()
+        cleanup()
+        return code
     except TrainingStopped as stopped:
         # A checkpoint was written; the same command resumes. Not an error worth a traceback.
         print(f"segdistill {args.command}: {stopped}", file=sys.stderr)
