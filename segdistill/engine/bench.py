@@ -3,7 +3,8 @@
 Train mode builds the run the way :func:`~segdistill.engine.trainer.train` does (student, frozen
 teacher with its fast-path switches, :class:`~segdistill.distill.distiller.DistillStudent`, SGD with
 the poly schedule, AMP as configured) and times ``--iters`` steps after ``--warmup`` steps. Each step
-is split into five consecutive regions, so that per step the parts add up to the step exactly:
+is split into consecutive regions (:data:`STEP_PARTS`), so that per step the parts add up to the step
+exactly; reported as:
 
 ``data``
     waiting for the next batch (the real DataLoader, or a ready random batch with ``--synthetic``)
@@ -77,9 +78,10 @@ from .schedule import poly_lr
 from .trainer import _train_loader, autocast, build_student, build_teacher, param_groups
 
 __all__ = [
-    "ALL_OFF", "ALL_ON", "SWITCHES", "BenchRun", "InferRow", "ReferenceTeacher", "TrainBench", "Variant",
-    "add_bench_parser", "bench_infer", "bench_train", "build_bench_run", "compare_variants",
-    "count_step_flops", "distill_step", "forward_backward", "infer_table", "run_bench_command", "train_table",
+    "ALL_OFF", "ALL_ON", "STEP_PARTS", "SWITCHES", "BenchRun", "InferRow", "ReferenceTeacher", "TrainBench",
+    "Variant", "add_bench_parser", "apply_overrides", "bench_infer", "bench_train", "build_bench_run",
+    "compare_variants", "count_step_flops", "distill_step", "forward_backward", "infer_table", "num_classes_of",
+    "run_bench_command", "train_summary", "train_table", "variants",
 ]
 
 #: The regions of one timed step, in the order they run; per step they add up to ``total``.
