@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from .data import EvalSet, build_dataset, build_eval_pipeline
+    from .data import EvalSet, build_eval_pipeline
     from .engine.distributed import init_distributed
     from .evaluation import evaluate
     from .fileio import atomic_write_text
@@ -71,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _config(args)
     env = init_distributed(cfg.train.device)
-    ds = build_dataset(cfg.data.kind, cfg.data.root, args.split or cfg.data.val_split)
+    ds = _dataset_meta(cfg, args.split)
     model = build_segmentor(args.model or cfg.student.model, ds.num_classes)
     load_checkpoint(model, args.checkpoint, part=args.part)
     model.to(env.device)
