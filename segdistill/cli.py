@@ -70,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _config(args)
-    env = init_distributed(cfg.train.device)
+    env = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     ds = _dataset_meta(cfg, args.split)
     model = build_segmentor(args.model or cfg.student.model, ds.num_classes)
     load_checkpoint(model, args.checkpoint, part=args.part)

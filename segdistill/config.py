@@ -121,6 +121,7 @@ class TrainConfig:
     checkpoint_interval: int = 8000
     max_nonfinite_steps: int = 20  # stop after this many non-finite losses in a row
     eval_teacher: bool = True  # evaluate the teacher once at the start of a distillation run
+    dist_timeout_min: float = 30.0  # how long ranks wait for each other (joining, collectives) before failing
 
 
 @dataclass
@@ -275,6 +276,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "optim.grad_clip", "must be > 0 or null")
     need(cfg.train.iters > 0, "train.iters", f"must be > 0, got {cfg.train.iters}")
     need(cfg.train.batch_size > 0, "train.batch_size", "must be > 0")
+    need(cfg.train.dist_timeout_min > 0, "train.dist_timeout_min", "must be > 0 (minutes)")
     for key in ("log_interval", "eval_interval", "checkpoint_interval", "max_nonfinite_steps"):
         need(getattr(cfg.train, key) > 0, f"train.{key}", "must be > 0")
     need(cfg.data.workers >= 0, "data.workers", "must be >= 0")

@@ -202,3 +202,25 @@ def test_bad_teacher_checkpoints_are_one_line_errors(case: str, message: str, ti
     with pytest.raises(UserError, match=message) as err:
         train(config_from_dict(tree), tmp_path / "run")
     assert "\n" not in str(err.value)
+
+
+def test_an_elastic_restart_of_a_finished_run_is_done_not_an_error(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tiny_config(tiny_dataset, **{"train.iters": 2, "train.eval_interval": 100})
+    train(cfg, tmp_path / "run")
+    with pytest.raises(UserError, match="already at iteration 2 of 2"):
+        train(cfg, tmp_path / "run")  # a person re-running a finished run is told so
+    # torchrun --max-restarts restarts the whole group when a rank fails while exiting a finished run.
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    capsys.readouterr()
+    result = train(cfg, tmp_path / "run")
+    assert result.iterations == 2 and "already complete" in capsys.readouterr().out
+
+
+def test_a_second_ctrl_c_stops_without_waiting_for_the_checkpoint() -> None:
+    with trainer_mod._StopSignal() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum == signal.SIGINT  # the first asks for a checkpoint and a clean stop
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -44,10 +45,11 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device(requested)
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
+def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistEnv:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1), else a single process.
 
-    NCCL on CUDA, gloo on CPU (gloo is what the CPU tests exercise).
+    NCCL on CUDA, gloo on CPU (gloo is what the CPU tests exercise). A rank that waits longer than
+    ``timeout_min`` for its peers fails, so torchrun can restart the group instead of hanging.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -56,9 +58,19 @@ def init_distributed(device: str = "auto") -> DistEnv:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
+        if rank == 0 and elastic_restarts_allowed() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun shares one rendezvous TCPStore across restarts, and env:// gives the workers no
+            # per-restart key prefix: restarted ranks can read their dead peers' addresses and hang.
+            print("segdistill: warning: torchrun --max-restarts with a shared rendezvous store can hang on restart; "
+                  "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun", file=sys.stderr)
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
     return DistEnv(rank, world_size, local_rank, dev)
+
+
+def elastic_restarts_allowed() -> bool:
+    """True when torchrun may restart this group after a failure (``--max-restarts`` > 0)."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
 def is_main() -> bool:

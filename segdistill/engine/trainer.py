@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import cv2
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, dump_config, to_dict
 from ..data import EvalSet, InfiniteSampler, TrainSet, build_dataset, build_eval_pipeline, build_train_pipeline
+from ..data.loader import prepare_worker_fork, worker_init
 from ..distill.distiller import DistillStudent, DistillTerm, check_compatible, tap_channels
 from ..distill.teacher import FrozenTeacher
 from ..errors import UserError
@@ -36,7 +36,8 @@ from ..models import (build_segmentor, extract_state_dict, load_backbone_checkpo
 from ..models.losses import SegLoss
 from ..models.segmentor import EncoderDecoder
 from .checkpointing import load_training_state, rng_state, save_training_state, set_rng_state
-from .distributed import DistEnv, all_reduce_mean, all_reduce_sum, barrier, init_distributed
+from .distributed import (DistEnv, all_reduce_mean, all_reduce_sum, barrier, elastic_restarts_allowed,
+                          init_distributed)
 from .logging import RunLogger, format_eta, peak_memory_mb
 from .schedule import poly_lr
 
@@ -104,11 +105,13 @@ def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for the student's forward: bf16 anywhere it runs, fp16 on CUDA only."""
+    """Mixed precision for the student's forward (the loss scaling of fp16 is the caller's GradScaler).
+
+    fp16 also runs on a CPU, slowly; it is allowed there so the GPU path (autocast + GradScaler) can
+    be exercised and tested anywhere. bf16 is the CPU's fast choice.
+    """
     if amp == "none":
         return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
@@ -128,6 +131,9 @@ class _StopSignal:
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            # A second Ctrl-C: the user will not wait for the checkpoint. The last periodic one stays.
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *_: Any) -> None:
@@ -136,21 +142,31 @@ class _StopSignal:
 
 
 def _train_loader(cfg: Config, train_set: TrainSet, env: DistEnv, start_iter: int) -> Iterator[Any]:
-    # OpenCV's own thread pool in every worker oversubscribes the cores. Setting it inside a
-    # worker_init_fn can hang forked workers once the parent has used OpenCV, so set it here, once,
-    # before the fork; workers inherit it.
-    cv2.setNumThreads(1)
+    prepare_worker_fork()
     sampler = InfiniteSampler(len(train_set), seed=cfg.seed, rank=env.rank, world_size=env.world_size,
                               shuffle=True, start=start_iter * cfg.train.batch_size * env.world_size)
     workers = cfg.data.workers
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=cfg.data.pin_memory and env.device.type == "cuda",
                         persistent_workers=cfg.data.persistent_workers and workers > 0,
-                        prefetch_factor=4 if workers else None,
+                        prefetch_factor=4 if workers else None, worker_init_fn=worker_init,
                         # A private generator: the loader must not consume the global RNG (dropout's),
                         # or a resumed run would draw different dropout masks.
                         generator=torch.Generator())
     return iter(loader)
+
+
+def _check_norm_batch(student: nn.Module, norm_batch: int, batch_size: int) -> None:
+    """Fail before the first step, in one line, where BatchNorm would see a single value per channel.
+
+    The PSP and ASPP heads pool to 1x1 before a BatchNorm, so its batch statistics need two samples
+    per normalisation group: one process's batch, or the whole global batch under SyncBN.
+    """
+    pooled = any(isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)) for m in student.modules())
+    if pooled and norm_batch < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules()):
+        raise UserError(f"train.batch_size={batch_size}: the student's BatchNorm after its 1x1 pooling needs at least "
+                        "2 samples per batch; set train.batch_size=2 or more (on several GPUs, student.sync_bn=true "
+                        "pools the statistics over every GPU's batch)")
 
 
 def _ensure_writable(work_dir: Path) -> None:
@@ -166,7 +182,7 @@ def _ensure_writable(work_dir: Path) -> None:
 
 def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResult:
     """Train (or distill) as configured; ``resume=True`` continues from ``work_dir``'s newest checkpoint."""
-    env = init_distributed(cfg.train.device)
+    env = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     if env.is_main:
         _ensure_writable(work_dir)
         atomic_write_text(work_dir / "config.yaml", dump_config(cfg))
@@ -194,8 +210,10 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
         check_compatible(student, teacher.model, terms, channels)
     seg_loss = SegLoss(aux_weight=cfg.student.aux_weight, avg_non_ignore=cfg.student.avg_non_ignore)
     model = DistillStudent(student, terms, seg_loss, channels).to(env.device)
-    if env.distributed and env.device.type == "cuda" and cfg.student.sync_bn:
+    sync_bn = env.distributed and env.device.type == "cuda" and cfg.student.sync_bn
+    if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    _check_norm_batch(student, cfg.train.batch_size * (env.world_size if sync_bn else 1), cfg.train.batch_size)
     if cfg.student.channels_last:
         model.to(memory_format=torch.channels_last)
     trainable: nn.Module = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
@@ -219,6 +237,11 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
         time_before = float(state["meta"].get("train_time_s", 0.0))
         set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
         if start_iter >= cfg.train.iters:
+            if elastic_restarts_allowed() and (work_dir / "final.pth").is_file():
+                # torchrun restarted the group after the run had ended (a rank failed while exiting).
+                if env.is_main:
+                    print(f"{work_dir} is already complete ({start_iter} iterations); nothing to do")
+                return TrainResult(work_dir, start_iter, None)
             raise UserError(f"{path} is already at iteration {start_iter} of {cfg.train.iters}; "
                             "raise train.iters or use a new --work-dir")
     else:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..config import EvalConfig
+from ..data.loader import prepare_worker_fork, worker_init
 from ..errors import UserError
 from ..models.segmentor import EncoderDecoder
 from .metrics import ConfusionMatrix, MetricValueError, SegMetrics
@@ -26,9 +26,9 @@ def evaluate(model: EncoderDecoder, eval_set: torch.utils.data.Dataset, eval_cfg
     """
     was_training = model.training
     model.eval()
-    cv2.setNumThreads(1)  # before the workers fork; see engine.trainer._train_loader
+    prepare_worker_fork()
     indices = list(range(rank, len(eval_set), world_size))  # type: ignore[arg-type]
-    loader = DataLoader(Subset(eval_set, indices), batch_size=1, num_workers=workers,
+    loader = DataLoader(Subset(eval_set, indices), batch_size=1, num_workers=workers, worker_init_fn=worker_init,
                         # Its own generator: creating the iterator must not advance the global RNG,
                         # or evaluating mid-run would change the training that follows.
                         generator=torch.Generator())
