@@ -183,18 +183,19 @@ def _figures() -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
     colors = dict(zip(ARMS, ["black", "tab:blue", "tab:red", "tab:purple", "tab:green"]))
+    styles = {0: "-", 1: "--", 2: ":"}
     for run in study():
         metrics = run.folder / "metrics.jsonl"
-        if not metrics.is_file():
+        if not metrics.is_file() or _result(run) is None:  # finished runs only, as in the table
             continue
         rows = [json.loads(x) for x in metrics.read_text().splitlines()]
         tr = [r for r in rows if r["kind"] == "train"]
         ev = [r for r in rows if r["kind"] == "eval"]
         label = f"{ARMS[run.arm][0]} s{run.seed}" if run.arm != "teacher" else ARMS[run.arm][0]
         ax_loss.plot([r["iter"] for r in tr], [r["loss_decode"] for r in tr], color=colors[run.arm], alpha=0.7,
-                     lw=1, label=label)
+                     lw=1, ls=styles[run.seed], label=label)
         ax_miou.plot([r["iter"] for r in ev], [r["mIoU"] for r in ev], color=colors[run.arm], marker="o", ms=3,
-                     alpha=0.8, label=label)
+                     alpha=0.8, ls=styles[run.seed], label=label)
     ax_loss.set(xlabel="iteration", ylabel="decode CE (train)", title="training loss")
     ax_miou.set(xlabel="iteration", ylabel="val mIoU", title="validation mIoU (CamVid val, 101 frames)")
     ax_miou.legend(fontsize=7)

@@ -19,6 +19,7 @@ from segdistill.data.datasets import (
     read_label_array,
 )
 from segdistill.data.demo_scenes import DEMO_LABELS, DemoScenesReport, generate_demo_scenes
+from segdistill.data.loader import prepare_worker_fork, worker_init
 from segdistill.data.prepare import PrepareReport, add_prepare_parser, prepare_cityscapes, run_prepare
 from segdistill.data.sampler import InfiniteSampler
 from segdistill.data.transforms import (
@@ -74,9 +75,11 @@ __all__ = [
     "build_train_pipeline",
     "generate_demo_scenes",
     "prepare_cityscapes",
+    "prepare_worker_fork",
     "read_class_file",
     "read_image",
     "read_label_array",
+    "worker_init",
     "rescale_size",
     "run_prepare",
 ]

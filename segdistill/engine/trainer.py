@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from ..config import Config, dump_config, to_dict
-from ..data import EvalSet, InfiniteSampler, TrainSet, build_dataset, build_eval_pipeline, build_train_pipeline
-from ..data.loader import prepare_worker_fork, worker_init
+from ..data import (EvalSet, InfiniteSampler, TrainSet, build_dataset, build_eval_pipeline, build_train_pipeline,
+                    prepare_worker_fork, worker_init)
 from ..distill.distiller import DistillStudent, DistillTerm, check_compatible, tap_channels
 from ..distill.teacher import FrozenTeacher
 from ..errors import UserError

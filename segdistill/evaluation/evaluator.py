@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..config import EvalConfig
-from ..data.loader import prepare_worker_fork, worker_init
+from ..data import prepare_worker_fork, worker_init
 from ..errors import UserError
 from ..models.segmentor import EncoderDecoder
 from .metrics import ConfusionMatrix, MetricValueError, SegMetrics
