@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -145,18 +144,21 @@ def cmd_report(_: argparse.Namespace) -> int:
     for arm, (label, _) in ARMS.items():
         rows = by_arm.get(arm, [])
         per_seed = ", ".join(f"s{r['seed']}: {r['final_mIoU']:.2f}" for r in rows)
-        minutes = statistics.mean(r["wall_time_s"] for r in rows) / 60 if rows else math.nan
+        minutes = f"{statistics.mean(r['wall_time_s'] for r in rows) / 60:.0f}" if rows else "-"
         lines.append(f"| {label} | {len(rows)} | {_mean_std([r['final_mIoU'] for r in rows])} | {per_seed} | "
-                     f"{minutes:.0f} |")
+                     f"{minutes} |")
     pairs = [(b["final_mIoU"], c["final_mIoU"]) for b in by_arm.get("baseline", []) for c in by_arm.get("cwd_logits", [])
              if b["seed"] == c["seed"]]
     if pairs:
         deltas = [c - b for b, c in pairs]
-        lines += ["", f"Paired CWD − baseline (same seed: same init and data order): "
-                  f"{', '.join(f'{d:+.2f}' for d in deltas)}; mean {statistics.mean(deltas):+.2f}"]
+        seeds = ", ".join(f"s{b['seed']}" for b in by_arm["baseline"] if any(c["seed"] == b["seed"]
+                                                                              for c in by_arm["cwd_logits"]))
+        lines += ["", f"Paired CWD − baseline (same seed: same init and data order; {seeds}): "
+                  f"{', '.join(f'{d:+.2f}' for d in deltas)}; **mean {statistics.mean(deltas):+.2f}**"]
     classes = list(doc["runs"][0]["per_class_IoU"]) if doc["runs"] else []
     if classes:
-        lines += ["", "| arm | " + " | ".join(classes) + " |", "| --- |" + " ---: |" * len(classes)]
+        lines += ["", "Per-class IoU at the final iteration, mean over seeds:", "",
+                  "| arm | " + " | ".join(classes) + " |", "| --- |" + " ---: |" * len(classes)]
         for arm, (label, _) in ARMS.items():
             rows = by_arm.get(arm, [])
             if rows:
@@ -164,8 +166,24 @@ def cmd_report(_: argparse.Namespace) -> int:
                 lines.append(f"| {label} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
     table = "\n".join(lines)
     print(table)
+    _write_table(table)
     _figures()
     return 0
+
+
+TABLE_START, TABLE_END = "<!-- study-table:start -->", "<!-- study-table:end -->"
+
+
+def _write_table(table: str) -> None:
+    """Replace the generated tables in docs/camvid.md (between the markers), so they never go stale."""
+    from segdistill.fileio import atomic_write_text
+
+    doc = REPO / "docs" / "camvid.md"
+    text = doc.read_text()
+    if TABLE_START in text and TABLE_END in text:
+        head, rest = text.split(TABLE_START, 1)
+        tail = rest.split(TABLE_END, 1)[1]
+        atomic_write_text(doc, f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}")
 
 
 def _figures() -> None:
