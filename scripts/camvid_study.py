@@ -147,12 +147,11 @@ def cmd_report(_: argparse.Namespace) -> int:
         minutes = f"{statistics.mean(r['wall_time_s'] for r in rows) / 60:.0f}" if rows else "-"
         lines.append(f"| {label} | {len(rows)} | {_mean_std([r['final_mIoU'] for r in rows])} | {per_seed} | "
                      f"{minutes} |")
-    pairs = [(b["final_mIoU"], c["final_mIoU"]) for b in by_arm.get("baseline", []) for c in by_arm.get("cwd_logits", [])
-             if b["seed"] == c["seed"]]
+    pairs = [(b["seed"], c["final_mIoU"] - b["final_mIoU"]) for b in by_arm.get("baseline", [])
+             for c in by_arm.get("cwd_logits", []) if b["seed"] == c["seed"]]
     if pairs:
-        deltas = [c - b for b, c in pairs]
-        seeds = ", ".join(f"s{b['seed']}" for b in by_arm["baseline"] if any(c["seed"] == b["seed"]
-                                                                              for c in by_arm["cwd_logits"]))
+        seeds = ", ".join(f"s{seed}" for seed, _ in pairs)
+        deltas = [d for _, d in pairs]
         lines += ["", f"Paired CWD − baseline (same seed: same init and data order; {seeds}): "
                   f"{', '.join(f'{d:+.2f}' for d in deltas)}; **mean {statistics.mean(deltas):+.2f}**"]
     classes = list(doc["runs"][0]["per_class_IoU"]) if doc["runs"] else []

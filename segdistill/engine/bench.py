@@ -64,9 +64,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config, config_from_dict, load_config, to_dict
-from ..data import IGNORE_INDEX, TrainSet, build_dataset, build_train_pipeline
+from ..data import IGNORE_INDEX, build_dataset
 from ..distill.distiller import DistillStudent, DistillTerm, check_compatible, tap_channels
-from ..distill.teacher import FrozenTeacher, Tap, autocast_dtype, fold_batchnorm, set_reference_mode
+from ..distill.teacher import Tap, autocast_dtype, fold_batchnorm, set_reference_mode
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from ..models import build_segmentor, load_checkpoint
@@ -75,7 +75,7 @@ from ..models.losses import SegLoss
 from ..models.segmentor import EncoderDecoder
 from .distributed import DistEnv, pick_device
 from .schedule import poly_lr
-from .trainer import _train_loader, autocast, build_student, build_teacher, param_groups
+from .trainer import _train_loader, autocast, build_student, build_teacher, build_train_set, param_groups
 
 __all__ = [
     "ALL_OFF", "ALL_ON", "STEP_PARTS", "SWITCHES", "BenchRun", "InferRow", "ReferenceTeacher", "TrainBench",
@@ -245,14 +245,7 @@ def build_bench_run(cfg: Config, num_classes: int, device: torch.device, *, refe
             ref = ReferenceTeacher(net.to(device), taps, seg_loss)
             teacher, teacher_fn = ref, ref
         else:
-            if load_weights:
-                frozen = build_teacher(cfg, num_classes, taps, device)
-            else:
-                # build_teacher minus its checkpoint: the same switches, random weights.
-                t = cfg.teacher
-                frozen = FrozenTeacher(build_segmentor(t.model, num_classes).to(device), taps, mode=t.mode,
-                                       channels_last=t.channels_last, bf16=t.bf16, fold_bn=t.fold_bn,
-                                       compile=t.compile)
+            frozen = build_teacher(cfg, num_classes, taps, device, load_weights=load_weights)
             teacher = frozen
             teacher_fn = lambda image, _label: frozen(image)  # noqa: E731 - the frozen teacher needs no label
         net_t = teacher.model  # type: ignore[union-attr]
@@ -478,10 +471,7 @@ def _synthetic_batches(batch: int, crop: tuple[int, int], num_classes: int,
 
 def _real_batches(cfg: Config, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     ds = build_dataset(cfg.data.kind, cfg.data.root, cfg.data.train_split)
-    pipeline = build_train_pipeline(cfg.data.crop_size, cfg.data.scale, ratio_range=cfg.data.ratio_range,
-                                    cat_max_ratio=cfg.data.cat_max_ratio, flip_prob=cfg.data.flip_prob,
-                                    photometric=cfg.data.photometric)
-    return _train_loader(cfg, TrainSet(ds, pipeline, seed=cfg.seed), DistEnv(device=device), 0)
+    return _train_loader(cfg, build_train_set(cfg, ds), DistEnv(device=device), 0)
 
 
 def num_classes_of(cfg: Config) -> int:

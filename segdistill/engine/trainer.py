@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from ..config import Config, dump_config, to_dict
-from ..data import (EvalSet, InfiniteSampler, TrainSet, build_dataset, build_eval_pipeline, build_train_pipeline,
-                    prepare_worker_fork, worker_init)
+from ..data import (EvalSet, InfiniteSampler, SegDataset, TrainSet, build_dataset, build_eval_pipeline,
+                    build_train_pipeline, prepare_worker_fork, worker_init)
 from ..distill.distiller import DistillStudent, DistillTerm, check_compatible, tap_channels
 from ..distill.teacher import FrozenTeacher
 from ..errors import UserError
@@ -73,20 +73,33 @@ def build_student(cfg: Config, num_classes: int) -> EncoderDecoder:
     return student
 
 
-def build_teacher(cfg: Config, num_classes: int, taps: list[str], device: torch.device) -> FrozenTeacher:
-    """The frozen teacher with its configured fast paths, on ``device``."""
+def build_teacher(cfg: Config, num_classes: int, taps: list[str], device: torch.device, *,
+                  load_weights: bool = True) -> FrozenTeacher:
+    """The frozen teacher with its configured fast paths, on ``device``.
+
+    ``load_weights=False`` keeps random weights (the benchmark: same switches, no download).
+    """
     assert cfg.teacher is not None
     teacher = build_segmentor(cfg.teacher.model, num_classes)
-    sd = extract_state_dict(read_checkpoint(cfg.teacher.checkpoint))
-    classifier = sd.get("decode_head.conv_seg.weight")
-    if classifier is not None and classifier.shape[0] != num_classes:
-        raise UserError(f"teacher checkpoint {cfg.teacher.checkpoint} predicts {classifier.shape[0]} classes but the "
-                        f"dataset ({cfg.data.kind} at {cfg.data.root}) has {num_classes}; teacher and student "
-                        "must share the dataset's classes")
-    load_state_dict(teacher, sd, source=f"teacher checkpoint {cfg.teacher.checkpoint}")
+    if load_weights:
+        sd = extract_state_dict(read_checkpoint(cfg.teacher.checkpoint))
+        classifier = sd.get("decode_head.conv_seg.weight")
+        if classifier is not None and classifier.shape[0] != num_classes:
+            raise UserError(f"teacher checkpoint {cfg.teacher.checkpoint} predicts {classifier.shape[0]} classes but "
+                            f"the dataset ({cfg.data.kind} at {cfg.data.root}) has {num_classes}; teacher and student "
+                            "must share the dataset's classes")
+        load_state_dict(teacher, sd, source=f"teacher checkpoint {cfg.teacher.checkpoint}")
     teacher.to(device)
     return FrozenTeacher(teacher, taps, mode=cfg.teacher.mode, channels_last=cfg.teacher.channels_last,
                          bf16=cfg.teacher.bf16, fold_bn=cfg.teacher.fold_bn, compile=cfg.teacher.compile)
+
+
+def build_train_set(cfg: Config, dataset: SegDataset) -> TrainSet:
+    """``dataset`` with the configured training augmentations, seeded per sample."""
+    d = cfg.data
+    pipeline = build_train_pipeline(d.crop_size, d.scale, ratio_range=d.ratio_range, cat_max_ratio=d.cat_max_ratio,
+                                    flip_prob=d.flip_prob, photometric=d.photometric)
+    return TrainSet(dataset, pipeline, seed=cfg.seed)
 
 
 def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float | None) -> list[dict[str, Any]]:
@@ -191,10 +204,7 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
     # ---- data ---------------------------------------------------------------------------------
     train_ds = build_dataset(cfg.data.kind, cfg.data.root, cfg.data.train_split)
     val_ds = build_dataset(cfg.data.kind, cfg.data.root, cfg.data.val_split)
-    pipeline = build_train_pipeline(cfg.data.crop_size, cfg.data.scale, ratio_range=cfg.data.ratio_range,
-                                    cat_max_ratio=cfg.data.cat_max_ratio, flip_prob=cfg.data.flip_prob,
-                                    photometric=cfg.data.photometric)
-    train_set = TrainSet(train_ds, pipeline, seed=cfg.seed)
+    train_set = build_train_set(cfg, train_ds)
     val_set = EvalSet(val_ds, build_eval_pipeline(cfg.data.eval_scale))
     num_classes, class_names = train_ds.num_classes, list(train_ds.classes)
 
