@@ -224,3 +224,30 @@ def test_a_second_ctrl_c_stops_without_waiting_for_the_checkpoint() -> None:
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_crash_during_the_final_evaluation_resumes_and_finishes(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bug: the checkpoint was written before the evaluation of the same iteration, so a crash in the
+    # final evaluation left iter_<last>.pth without final.pth, and the rerun refused as "already at
+    # iteration 6 of 6". The CamVid teacher lost its iteration-400 evaluation the same way.
+    cfg = tiny_config(tiny_dataset, **{"train.checkpoint_interval": 3, "train.eval_interval": 3})
+    real = trainer_mod.evaluate
+    calls = []
+
+    def crash_on_second(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("evaluation worker died")
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod, "evaluate", crash_on_second)
+        with pytest.raises(RuntimeError, match="worker died"):
+            train(cfg, tmp_path / "run")
+    assert [p.name for p in iter_checkpoints(tmp_path / "run")] == ["iter_0000003.pth"]
+    train(cfg, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows if r["kind"] == "eval"] == [3, 6]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["iterations"] == 6
+    assert (tmp_path / "run" / "final.pth").is_file()

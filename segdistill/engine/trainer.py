@@ -377,8 +377,8 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
                 path = save(done)
                 logger.close()
                 raise TrainingStopped(int(flags[1].item()) if env.world_size == 1 else signal.SIGTERM, done, path)
-            if done % cfg.train.checkpoint_interval == 0 or done == cfg.train.iters:
-                save(done)
+            # Evaluate before checkpointing: a crash during the evaluation then resumes from the previous
+            # checkpoint and redoes it, instead of resuming past an evaluation that never finished.
             if done % cfg.train.eval_interval == 0 or done == cfg.train.iters:
                 metrics = run_eval(model.student)
                 logger.log("eval", done, metrics.to_dict(), f"[{done}] {cfg.data.val_split} mIoU {metrics.mIoU:.2f}  "
@@ -387,6 +387,8 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
                     best_miou = metrics.mIoU
                     save_checkpoint(work_dir / "best.pth", model.student.state_dict(),
                                     meta={**meta, "iteration": done, "mIoU": metrics.mIoU})
+            if done % cfg.train.checkpoint_interval == 0 or done == cfg.train.iters:
+                save(done)
     if env.is_main:
         save_checkpoint(work_dir / "final.pth", model.student.state_dict(), meta={**meta, "iteration": cfg.train.iters})
         if metrics is not None:
