@@ -207,7 +207,7 @@ def cmd_report(_: argparse.Namespace) -> int:
     table = "\n".join(lines)
     print(table)
     _write_table(table)
-    _figures()
+    _figures({row["run"] for row in doc["runs"]})
     return 0
 
 
@@ -226,8 +226,8 @@ def _write_table(table: str) -> None:
         atomic_write_text(doc, f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}")
 
 
-def _figures() -> None:
-    """Curves of every finished run and a prediction grid of the seed-0 models."""
+def _figures(finished: set[str]) -> None:
+    """Curves of the ``finished`` runs (those in the table) and a prediction grid of the seed-0 models."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -244,7 +244,7 @@ def _figures() -> None:
     styles = {0: "-", 1: "--", 2: ":"}
     for run in study():
         metrics = run.folder / "metrics.jsonl"
-        if not metrics.is_file() or _result(run) is None:  # finished runs only, as in the table
+        if run.run_id not in finished or not metrics.is_file():
             continue
         rows = [json.loads(x) for x in metrics.read_text().splitlines()]
         tr = [r for r in rows if r["kind"] == "train"]
