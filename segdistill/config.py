@@ -51,7 +51,7 @@ class StudentConfig:
     model: str = "pspnet_r18-d8"
     pretrained_backbone: Optional[str] = None  # ImageNet resnetXX_v1c weights (path or URL)
     checkpoint: Optional[str] = None  # initialise the whole model from a checkpoint instead
-    aux_weight: float = 0.4
+    aux_weight: Optional[float] = None  # every auxiliary head's loss weight; null = the model's own (mmseg's)
     avg_non_ignore: bool = False  # False = mmseg's CE averaging over all pixels, ignored ones included
     channels_last: bool = False
     sync_bn: bool = True  # SyncBatchNorm when training on several CUDA devices
@@ -290,7 +290,7 @@ def validate(cfg: Config) -> Config:
          "lower the crop or raise data.scale")
     need(0 < cfg.data.cat_max_ratio <= 1, "data.cat_max_ratio", "must be in (0, 1]")
     need(0 <= cfg.data.flip_prob <= 1, "data.flip_prob", "must be in [0, 1]")
-    need(cfg.student.aux_weight >= 0, "student.aux_weight", "must be >= 0")
+    need(cfg.student.aux_weight is None or cfg.student.aux_weight >= 0, "student.aux_weight", "must be >= 0 or null")
     names = [loss.name for loss in cfg.distill.losses]
     need(len(names) == len(set(names)), "distill.losses", f"names must be unique, got {names}")
     for i, loss in enumerate(cfg.distill.losses):

@@ -22,7 +22,9 @@ def test_defaults_are_the_reference_recipe() -> None:
     assert cfg.optim.lr == 0.01 and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 0.0005
     assert cfg.optim.power == 0.9 and cfg.optim.min_lr == 1e-4
     assert cfg.train.iters == 80000 and cfg.train.batch_size == 2
-    assert cfg.data.crop_size == (512, 1024) and cfg.student.aux_weight == 0.4
+    assert cfg.data.crop_size == (512, 1024) and cfg.student.aux_weight is None  # the model's own weights
+    from segdistill.models import build_segmentor
+    assert build_segmentor(cfg.student.model, 19).auxiliary_head.loss_weight == 0.4
 
 
 def test_overrides_reach_nested_and_list_items() -> None:

@@ -11,7 +11,7 @@ from torch import nn
 from segdistill.distill.distiller import DistillStudent, DistillTerm, check_compatible, tap_channels
 from segdistill.distill.teacher import FrozenTeacher, fold_batchnorm
 from segdistill.errors import UserError
-from segdistill.models import SegLoss, build_segmentor
+from segdistill.models import build_segmentor
 
 LOGITS = DistillTerm("cwd_logits", "cwd", "decode_head.conv_seg", "decode_head.conv_seg", weight=5.0, tau=1.0)
 
@@ -122,7 +122,7 @@ def test_distill_student_returns_named_losses_and_trains_only_itself() -> None:
     student, teacher_net = build_segmentor("pspnet_r18-d8-tiny", 5), build_segmentor("pspnet_r50-d8-tiny", 5)
     feat = DistillTerm("cwd_feat", "cwd", "decode_head.bottleneck", "decode_head.bottleneck", 1.0, 1.0, "convbn")
     terms = [LOGITS, feat]
-    model = DistillStudent(student, terms, SegLoss(), tap_channels(student, teacher_net, terms))
+    model = DistillStudent(student, terms, tap_channels(student, teacher_net, terms))
     teacher = FrozenTeacher(teacher_net, [t.teacher for t in terms])
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
     losses = model(x, y, teacher(x))
@@ -138,7 +138,8 @@ def test_cwd_teaches_a_tiny_student() -> None:
     torch.manual_seed(0)
     teacher = FrozenTeacher(_trained_bn(build_segmentor("pspnet_r18-d8-tiny", 5)), ["decode_head.conv_seg"])
     student = build_segmentor("pspnet_r18-d8-tiny", 5)
-    model = DistillStudent(student, [LOGITS], SegLoss(aux_weight=0.0))
+    student.set_loss_options(aux_weight=0.0)
+    model = DistillStudent(student, [LOGITS])
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = torch.randn(2, 3, 64, 64), torch.full((2, 64, 64), 255)  # all ignored: CE contributes nothing
     targets = teacher(x)

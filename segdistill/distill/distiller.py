@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models.losses import SegLoss
 from ..models.segmentor import EncoderDecoder
 from .connectors import build_connector
 from .losses import build_loss
@@ -58,10 +57,9 @@ class DistillStudent(nn.Module):
     """
 
     def __init__(self, student: EncoderDecoder, terms: Sequence[DistillTerm] = (),
-                 seg_loss: SegLoss | None = None, tap_channels: Mapping[str, tuple[int, int]] | None = None) -> None:
+                 tap_channels: Mapping[str, tuple[int, int]] | None = None) -> None:
         super().__init__()
         self.student = student
-        self.seg_loss = seg_loss or SegLoss()
         self.terms = list(terms)
         self.connectors = nn.ModuleDict()
         self.losses = nn.ModuleDict()
@@ -81,8 +79,8 @@ class DistillStudent(nn.Module):
 
     def forward(self, image: torch.Tensor, label: torch.Tensor,
                 teacher_outputs: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        outputs = self.student(image, with_aux=self.seg_loss.aux_weight > 0)
-        losses = self.seg_loss(outputs, label)
+        outputs = self.student(image, with_aux=self.student.needs_aux())
+        losses = self.student.loss(outputs, label)
         tapped = self._tap.pop() if self._tap is not None else {}
         if teacher_outputs is not None:
             for term in self.terms:

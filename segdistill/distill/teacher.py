@@ -49,6 +49,12 @@ class Tap:
             h.remove()
 
 
+def _inside(model: nn.Module, tap: str, head: nn.Module) -> bool:
+    """Whether the module named ``tap`` is ``head`` or one of its submodules."""
+    target = model.get_submodule(tap)
+    return any(m is target for m in head.modules())
+
+
 def set_reference_mode(model: nn.Module) -> None:
     """mmrazor's teacher: train mode everywhere (dropout on) except BatchNorm (running statistics)."""
     model.train()
@@ -118,8 +124,9 @@ class FrozenTeacher(nn.Module):
         self.taps = list(dict.fromkeys(taps))
         for name in self.taps:
             resolve_module(model, name, "teacher")
-        self.need_decode = any(t.startswith("decode_head") for t in self.taps)
-        self.need_aux = any(t.startswith("auxiliary_head") for t in self.taps)
+        # Only the heads a tap lies in run (a backbone-only tap runs no head at all).
+        self.heads_needed = [name for name, head in model.heads().items()
+                             if any(_inside(model, t, head) for t in self.taps)]
         for p in model.parameters():
             p.requires_grad_(False)
         self.channels_last = channels_last
@@ -147,10 +154,9 @@ class FrozenTeacher(nn.Module):
 
     def _run(self, x: torch.Tensor) -> None:
         feats = self.model.backbone(x)
-        if self.need_decode:
-            self.model.decode_head(feats[self.model.decode_in_index])
-        if self.need_aux and self.model.auxiliary_head is not None:
-            self.model.auxiliary_head(feats[self.model.aux_in_index])
+        heads = self.model.heads()
+        for name in self.heads_needed:
+            heads[name](heads[name].select(feats))
 
     @contextlib.contextmanager
     def _precision(self, device: torch.device) -> Iterator[None]:

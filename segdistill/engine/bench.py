@@ -71,7 +71,6 @@ from ..errors import UserError
 from ..fileio import atomic_write_text
 from ..models import build_segmentor, load_checkpoint
 from ..models.export import ONNX_OPSET, LogitsAtInputSize
-from ..models.losses import SegLoss
 from ..models.segmentor import EncoderDecoder
 from .distributed import DistEnv, pick_device
 from .schedule import poly_lr
@@ -176,10 +175,9 @@ class ReferenceTeacher(nn.Module):
     Used only by the benchmark's "all fast paths off" variant, as the reference point.
     """
 
-    def __init__(self, model: EncoderDecoder, taps: Sequence[str], seg_loss: SegLoss) -> None:
+    def __init__(self, model: EncoderDecoder, taps: Sequence[str]) -> None:
         super().__init__()
         self.model = model
-        self.seg_loss = seg_loss
         for p in model.parameters():
             p.requires_grad_(False)
         self._tap = Tap(model, list(dict.fromkeys(taps)), "teacher")
@@ -193,7 +191,7 @@ class ReferenceTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = self.model(image, with_aux=True)
-        self.seg_loss(outputs, label)  # mmrazor calls the teacher with mode='loss'
+        self.model.loss(outputs, label)  # mmrazor calls the teacher with mode='loss'
         return {k: v.float().contiguous() for k, v in self._tap.pop().items()}
 
 
@@ -232,7 +230,7 @@ def build_bench_run(cfg: Config, num_classes: int, device: torch.device, *, refe
     torch.manual_seed(cfg.seed)
     student = build_student(cfg if load_weights else _random_init_config(cfg), num_classes)
     terms = [DistillTerm(**dataclasses.asdict(t)) for t in cfg.distill.losses]
-    seg_loss = SegLoss(aux_weight=cfg.student.aux_weight, avg_non_ignore=cfg.student.avg_non_ignore)
+    student.set_loss_options(cfg.student.aux_weight, cfg.student.avg_non_ignore)
     teacher: nn.Module | None = None
     teacher_fn: TeacherFn | None = None
     channels = None
@@ -242,7 +240,7 @@ def build_bench_run(cfg: Config, num_classes: int, device: torch.device, *, refe
             net = build_segmentor(cfg.teacher.model, num_classes)
             if load_weights:
                 load_checkpoint(net, cfg.teacher.checkpoint)
-            ref = ReferenceTeacher(net.to(device), taps, seg_loss)
+            ref = ReferenceTeacher(net.to(device), taps)
             teacher, teacher_fn = ref, ref
         else:
             frozen = build_teacher(cfg, num_classes, taps, device, load_weights=load_weights)
@@ -251,7 +249,7 @@ def build_bench_run(cfg: Config, num_classes: int, device: torch.device, *, refe
         net_t = teacher.model  # type: ignore[union-attr]
         channels = tap_channels(student, net_t, terms) if terms else {}
         check_compatible(student, net_t, terms, channels)
-    model = DistillStudent(student, terms, seg_loss, channels).to(device)
+    model = DistillStudent(student, terms, channels).to(device)
     if cfg.student.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay, cfg.optim.norm_weight_decay),

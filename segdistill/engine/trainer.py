@@ -33,7 +33,6 @@ from ..evaluation import SegMetrics, evaluate
 from ..fileio import atomic_write_text
 from ..models import (build_segmentor, extract_state_dict, load_backbone_checkpoint, load_checkpoint, load_state_dict,
                       read_checkpoint, save_checkpoint)
-from ..models.losses import SegLoss
 from ..models.segmentor import EncoderDecoder
 from .checkpointing import load_training_state, rng_state, save_training_state, set_rng_state
 from .distributed import (DistEnv, all_reduce_mean, all_reduce_sum, barrier, elastic_restarts_allowed,
@@ -218,8 +217,8 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
         teacher = build_teacher(cfg, num_classes, [t.teacher for t in terms], env.device)
         channels = tap_channels(student, teacher.model, terms) if terms else {}
         check_compatible(student, teacher.model, terms, channels)
-    seg_loss = SegLoss(aux_weight=cfg.student.aux_weight, avg_non_ignore=cfg.student.avg_non_ignore)
-    model = DistillStudent(student, terms, seg_loss, channels).to(env.device)
+    student.set_loss_options(cfg.student.aux_weight, cfg.student.avg_non_ignore)
+    model = DistillStudent(student, terms, channels).to(env.device)
     sync_bn = env.distributed and env.device.type == "cuda" and cfg.student.sync_bn
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

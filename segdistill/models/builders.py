@@ -11,8 +11,8 @@ import difflib
 from typing import Callable
 
 from ..errors import UserError
+from .backbones import ResNetV1c
 from .heads import ASPPHead, DecodeHead, FCNHead, PSPHead
-from .resnet import ResNetV1c
 from .segmentor import EncoderDecoder
 
 
@@ -22,10 +22,10 @@ def _segmentor(depth: int, head: str, num_classes: int, base_channels: int, head
     c3, c4 = backbone.out_channels[2], backbone.out_channels[3]
     decode: DecodeHead
     if head == "psp":
-        decode = PSPHead(c4, head_channels, num_classes, pool_scales=(1, 2, 3, 6))
+        decode = PSPHead(c4, head_channels, num_classes, pool_scales=(1, 2, 3, 6), in_index=3)
     else:
-        decode = ASPPHead(c4, head_channels, num_classes, dilations=(1, 12, 24, 36))
-    aux = FCNHead(c3, aux_channels, num_classes, num_convs=1)
+        decode = ASPPHead(c4, head_channels, num_classes, dilations=(1, 12, 24, 36), in_index=3)
+    aux = FCNHead(c3, aux_channels, num_classes, num_convs=1, in_index=2, loss_weight=0.4)
     return EncoderDecoder(backbone, decode, aux)
 
 

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..fileio import atomic_path
 from .builders import MODELS, build_segmentor
 from .checkpoint import compare_state_dict, extract_state_dict, read_checkpoint, save_checkpoint
-from .heads import resize
+from .ops import resize
 from .segmentor import MEAN_RGB, STD_RGB, EncoderDecoder
 
 __all__ = ["ExportCheckError", "LogitsAtInputSize", "export_student", "export_onnx", "check_onnx",

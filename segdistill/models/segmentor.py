@@ -7,41 +7,81 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .heads import DecodeHead, resize
-from .resnet import ResNetV1c
+from .heads import DecodeHead
+from .ops import resize
 
-# The reference's preprocessing: RGB on the 0-255 scale, ImageNet statistics.
+# The reference's preprocessing: RGB on the 0-255 scale, ImageNet statistics (shared by every zoo model).
 MEAN_RGB = (123.675, 116.28, 103.53)
 STD_RGB = (58.395, 57.12, 57.375)
 
 
 class EncoderDecoder(nn.Module):
-    """``backbone`` -> ``decode_head`` (on the last stage) and ``auxiliary_head`` (on stage 3).
+    """``backbone`` -> its list of feature maps -> ``decode_head`` and any auxiliary heads.
 
-    ``forward`` takes the normalised NCHW image and returns the stride-8 logits as a dict
-    ``{"decode": ..., "aux": ...}`` (``"aux"`` only when asked for and present). Training losses live
-    outside the model (see :mod:`segdistill.distill.distiller`), so a frozen teacher never computes any.
+    Each head picks its inputs from the feature list by its ``in_index`` (see :mod:`.heads.base`).
+    ``auxiliary_head`` is ``None``, one head (state-dict prefix ``auxiliary_head.``) or an
+    ``nn.ModuleList`` of heads (``auxiliary_head.0.`` ...), as in mmseg.
+
+    ``forward`` takes the normalised NCHW image and returns the raw logits as a dict: ``"decode"``,
+    and when asked for, ``"aux"`` (one auxiliary head) or ``"aux_0"``, ``"aux_1"``, ... (several).
+    :meth:`loss` turns those into the named training losses, each head with its own loss.
     """
 
-    def __init__(self, backbone: ResNetV1c, decode_head: DecodeHead, auxiliary_head: DecodeHead | None = None,
-                 decode_in_index: int = 3, aux_in_index: int = 2) -> None:
+    def __init__(self, backbone: nn.Module, decode_head: DecodeHead,
+                 auxiliary_head: DecodeHead | nn.ModuleList | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.decode_head = decode_head
         self.auxiliary_head = auxiliary_head
-        self.decode_in_index = decode_in_index
-        self.aux_in_index = aux_in_index
 
     @property
     def num_classes(self) -> int:
         return self.decode_head.num_classes
 
+    def aux_heads(self) -> dict[str, DecodeHead]:
+        """Output name -> auxiliary head, in mmseg's order."""
+        if self.auxiliary_head is None:
+            return {}
+        if isinstance(self.auxiliary_head, nn.ModuleList):
+            return {f"aux_{i}": h for i, h in enumerate(self.auxiliary_head)}  # type: ignore[misc]
+        return {"aux": self.auxiliary_head}
+
+    def heads(self) -> dict[str, DecodeHead]:
+        """Output name -> head, decode head first."""
+        return {"decode": self.decode_head, **self.aux_heads()}
+
     def forward(self, x: torch.Tensor, with_aux: bool = True) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
-        out = {"decode": self.decode_head(feats[self.decode_in_index])}
-        if with_aux and self.auxiliary_head is not None:
-            out["aux"] = self.auxiliary_head(feats[self.aux_in_index])
+        out = {"decode": self.decode_head(self.decode_head.select(feats))}
+        if with_aux:
+            for name, head in self.aux_heads().items():
+                out[name] = head(head.select(feats))
         return out
+
+    def loss(self, outputs: dict[str, torch.Tensor], label: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each head's loss on its output: ``loss_decode``, ``loss_aux`` or ``loss_aux_<i>`` (+ ``_<part>``).
+
+        A head whose ``loss_weight`` is 0 (or whose output is absent) contributes nothing.
+        """
+        losses: dict[str, torch.Tensor] = {}
+        for name, head in self.heads().items():
+            if name not in outputs or head.loss_weight == 0:
+                continue
+            for part, value in head.loss(outputs[name], label).items():
+                losses[f"loss_{name}_{part}" if part else f"loss_{name}"] = value
+        return losses
+
+    def set_loss_options(self, aux_weight: float | None = None, avg_non_ignore: bool | None = None) -> None:
+        """Override mmseg's per-head loss settings: every auxiliary head's weight, and the CE averaging."""
+        for name, head in self.heads().items():
+            if aux_weight is not None and name != "decode":
+                head.loss_weight = aux_weight
+            if avg_non_ignore is not None:
+                head.avg_non_ignore = avg_non_ignore
+
+    def needs_aux(self) -> bool:
+        """Whether any auxiliary head has a loss to compute (else training can skip their forward)."""
+        return any(h.loss_weight > 0 for h in self.aux_heads().values())
 
     @torch.no_grad()
     def inference(self, x: torch.Tensor, mode: str = "whole", crop_size: Sequence[int] | None = None,
@@ -72,14 +112,15 @@ class EncoderDecoder(nn.Module):
             logits = self._slide(xi, crop_size, stride) if mode == "slide" else self._whole(xi)
             if flipped:
                 logits = logits.flip(-1)
-            logits = resize(logits, out_size) if tuple(logits.shape[2:]) != out_size else logits
+            logits = resize(logits, out_size, self.decode_head.align_corners) \
+                if tuple(logits.shape[2:]) != out_size else logits
             scores = logits.float().softmax(dim=1) if tta else logits.float()
             total = scores if total is None else total + scores
         assert total is not None
         return total / len(views) if tta else total
 
     def _whole(self, x: torch.Tensor) -> torch.Tensor:
-        return resize(self.forward(x, with_aux=False)["decode"], x.shape[2:])
+        return resize(self.forward(x, with_aux=False)["decode"], x.shape[2:], self.decode_head.align_corners)
 
     def _slide(self, x: torch.Tensor, crop_size: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
         # mmseg's grid: windows start every `stride`, the last one is shifted back to end at the border.
