@@ -70,9 +70,12 @@ class TeacherConfig:
     compile: bool = False
 
 
-@dataclass
-class DistillLossConfig:
-    """One distillation term between a tapped student module and a tapped teacher module."""
+@dataclass(frozen=True)
+class DistillTerm:
+    """One distillation term between a tapped student module and a tapped teacher module.
+
+    The one schema of a term: the config validates it, the distiller builds its loss from it.
+    """
 
     name: str = "cwd_logits"
     type: Literal["cwd", "kd", "pairwise", "at", "mse"] = "cwd"
@@ -90,7 +93,7 @@ class DistillLossConfig:
 class DistillConfig:
     """The distillation terms; an empty list with a teacher still runs (and only costs time)."""
 
-    losses: list[DistillLossConfig] = field(default_factory=list)
+    losses: list[DistillTerm] = field(default_factory=list)
 
 
 @dataclass

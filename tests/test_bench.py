@@ -14,7 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill import cli
 from segdistill.config import Config, load_config
-from segdistill.distill.distiller import DistillStudent, DistillTerm, tap_channels
+from segdistill.config import DistillTerm
+from segdistill.distill.distiller import DistillStudent, tap_channels
 from segdistill.distill.teacher import FrozenTeacher
 from segdistill.engine import bench
 from segdistill.engine.bench import (STEP_PARTS, bench_infer, bench_train, build_bench_run,

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from segdistill.distill.distiller import DistillStudent, DistillTerm, check_compatible, tap_channels
+from segdistill.config import DistillTerm
+from segdistill.distill.distiller import DistillStudent, check_compatible, tap_channels
 from segdistill.distill.teacher import FrozenTeacher, fold_batchnorm
 from segdistill.errors import UserError
 from segdistill.models import build_segmentor

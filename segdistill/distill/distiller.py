@@ -7,12 +7,12 @@ wraps (and all-reduces) only what trains, as in timm's distillation task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from ..config import DistillTerm
 from ..errors import UserError
 from ..models.segmentor import EncoderDecoder
 from .connectors import build_connector
@@ -20,33 +20,18 @@ from .losses import build_loss
 from .teacher import Tap
 
 
-@dataclass(frozen=True)
-class DistillTerm:
-    """One distillation loss between a student tap and a teacher tap."""
-
-    name: str
-    type: str
-    student: str
-    teacher: str
-    weight: float = 1.0
-    tau: float = 1.0
-    connector: str | None = None
-    resize: bool = False
-    pool_size: int | None = None
-    p: float = 2.0
-
-    def loss_kwargs(self) -> dict[str, object]:
-        """Keyword arguments of this term's loss class (only the options that loss has)."""
-        kwargs: dict[str, object] = {"loss_weight": self.weight}
-        if self.type in ("cwd", "kd"):
-            kwargs["tau"] = self.tau
-        if self.type == "cwd":
-            kwargs["resize"] = self.resize
-        if self.type == "pairwise":
-            kwargs["pool_size"] = self.pool_size
-        if self.type == "at":
-            kwargs["p"] = self.p
-        return kwargs
+def loss_options(term: DistillTerm) -> dict[str, object]:
+    """Keyword arguments of ``term``'s loss class (only the options that loss has)."""
+    kwargs: dict[str, object] = {"loss_weight": term.weight}
+    if term.type in ("cwd", "kd"):
+        kwargs["tau"] = term.tau
+    if term.type == "cwd":
+        kwargs["resize"] = term.resize
+    if term.type == "pairwise":
+        kwargs["pool_size"] = term.pool_size
+    if term.type == "at":
+        kwargs["p"] = term.p
+    return kwargs
 
 
 class DistillStudent(nn.Module):
@@ -64,7 +49,7 @@ class DistillStudent(nn.Module):
         self.connectors = nn.ModuleDict()
         self.losses = nn.ModuleDict()
         for term in self.terms:
-            self.losses[term.name] = build_loss(term.type, **term.loss_kwargs())
+            self.losses[term.name] = build_loss(term.type, **loss_options(term))
             if term.connector:
                 if tap_channels is None or term.name not in tap_channels:
                     raise ValueError(f"connector of {term.name!r} needs its (student, teacher) channel counts")

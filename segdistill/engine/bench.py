@@ -65,7 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config, config_from_dict, load_config, to_dict
 from ..data import IGNORE_INDEX, build_dataset
-from ..distill.distiller import DistillStudent, DistillTerm, check_compatible, tap_channels
+from ..distill.distiller import DistillStudent, check_compatible, tap_channels
 from ..distill.teacher import Tap, autocast_dtype, fold_batchnorm, set_reference_mode
 from ..errors import UserError
 from ..fileio import atomic_write_text
@@ -229,7 +229,7 @@ def build_bench_run(cfg: Config, num_classes: int, device: torch.device, *, refe
     """
     torch.manual_seed(cfg.seed)
     student = build_student(cfg if load_weights else _random_init_config(cfg), num_classes)
-    terms = [DistillTerm(**dataclasses.asdict(t)) for t in cfg.distill.losses]
+    terms = list(cfg.distill.losses)
     student.set_loss_options(cfg.student.aux_weight, cfg.student.avg_non_ignore)
     teacher: nn.Module | None = None
     teacher_fn: TeacherFn | None = None

@@ -9,7 +9,6 @@ frozen teacher runs beside it, outside DDP.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import signal
 import statistics
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, dump_config, to_dict
 from ..data import (EvalSet, InfiniteSampler, SegDataset, TrainSet, build_dataset, build_eval_pipeline,
                     build_train_pipeline, prepare_worker_fork, worker_init)
-from ..distill.distiller import DistillStudent, DistillTerm, check_compatible, tap_channels
+from ..distill.distiller import DistillStudent, check_compatible, tap_channels
 from ..distill.teacher import FrozenTeacher
 from ..errors import UserError
 from ..evaluation import SegMetrics, evaluate
@@ -210,7 +209,7 @@ def train(cfg: Config, work_dir: Path, resume: bool | Path = True) -> TrainResul
     # ---- models -------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     student = build_student(cfg, num_classes)
-    terms = [DistillTerm(**dataclasses.asdict(t)) for t in cfg.distill.losses]
+    terms = list(cfg.distill.losses)
     teacher: FrozenTeacher | None = None
     channels = None
     if cfg.teacher is not None:
