@@ -163,6 +163,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bench ---------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.report import run_bench_command
+
+    return run_bench_command(args)
+
+
 # ---- demo --------------------------------------------------------------------------------------
 
 
@@ -256,9 +265,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(func=cmd_demo)
 
-    from .engine.bench import add_bench_parser
-
-    add_bench_parser(sub)  # bench CONFIG [--mode train|infer] [--iters N] [--crop H W] [--batch B] ...
+    p = sub.add_parser("bench", help="time a distillation step part by part, or inference latency")
+    _add_config_args(p)
+    p.add_argument("--mode", choices=["train", "infer"], default="train",
+                   help="train: per-step breakdown (default); infer: latency of teacher and student")
+    p.add_argument("--iters", type=int, default=10, help="timed steps / calls (default 10); medians are reported")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps / calls first (default 2)")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="input size (default: data.crop_size)")
+    p.add_argument("--batch", type=int, help="batch size (default: train.batch_size)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="random input tensors and labels instead of the dataset (no data needed)")
+    p.add_argument("--num-classes", type=int, help="classes of the models (default: the dataset's)")
+    p.add_argument("--load-weights", action="store_true",
+                   help="load the configured checkpoints (may download) instead of random weights")
+    p.add_argument("--compare", action="store_true",
+                   help="train mode: all fast paths off vs all on, and their ratio")
+    p.add_argument("--switches", action="store_true",
+                   help="with --compare: also each fast-path switch alone (slow: includes torch.compile)")
+    p.add_argument("--in-process", action="store_true",
+                   help="with --compare: run the variants in this process instead of one fresh process each")
+    p.add_argument("--no-compile", action="store_true", help="infer mode: skip torch.compile")
+    p.add_argument("--no-onnx", action="store_true", help="infer mode: skip ONNX Runtime")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    p.add_argument("--json", metavar="OUT", help="also write every measurement as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

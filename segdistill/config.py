@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,15 +79,20 @@ class DistillTerm:
     """
 
     name: str = "cwd_logits"
-    type: Literal["cwd", "kd", "pairwise", "at", "mse"] = "cwd"
+    type: Literal["cwd", "kd", "pairwise", "at", "mse", "dist", "mgd"] = "cwd"
     student: str = "decode_head.conv_seg"
     teacher: str = "decode_head.conv_seg"
     weight: float = 5.0
-    tau: float = 1.0  # cwd, kd
-    connector: Optional[Literal["convbn", "convbnrelu", "identity"]] = None
+    tau: float = 1.0  # cwd, kd, dist
+    connector: Optional[Literal["convbn", "convbnrelu", "identity", "mgd"]] = None  # mgd: required by (only) type mgd
     resize: bool = False  # cwd: resize the student map to the teacher's size instead of refusing
     pool_size: Optional[int] = None  # pairwise: average-pool both maps to this size first (memory is O((HW)^2))
     p: float = 2.0  # at: the exponent of the attention map
+    inter_weight: float = 1.0  # dist: weight of the inter-class relation (each pixel's classes)
+    intra_weight: float = 1.0  # dist: weight of the intra-class relation (each class over the batch's pixels)
+    alpha_mgd: float = 2e-5  # mgd: mmrazor's factor of the summed squared error / N
+    lambda_mgd: float = 0.65  # mgd: probability that the mgd connector masks a position, in [0, 1)
+    standardize: bool = False  # cwd, kd, dist: z-score the logits along the softmax axis before tau
 
 
 @dataclass
@@ -117,6 +123,10 @@ class TrainConfig:
 
     iters: int = 80000
     batch_size: int = 2  # per process (per GPU)
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    # The recipe's samples per optimizer step over all processes (world size x batch_size x accumulate).
+    # A run whose effective global batch differs stops with the exact fixes; null = no check.
+    global_batch: Optional[int] = None
     amp: Literal["none", "bf16", "fp16"] = "none"
     device: str = "auto"  # auto | cpu | cuda
     log_interval: int = 50
@@ -279,6 +289,8 @@ def validate(cfg: Config) -> Config:
     need(cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "optim.grad_clip", "must be > 0 or null")
     need(cfg.train.iters > 0, "train.iters", f"must be > 0, got {cfg.train.iters}")
     need(cfg.train.batch_size > 0, "train.batch_size", "must be > 0")
+    need(cfg.train.accumulate > 0, "train.accumulate", f"must be >= 1, got {cfg.train.accumulate}")
+    need(cfg.train.global_batch is None or cfg.train.global_batch > 0, "train.global_batch", "must be > 0 or null")
     need(cfg.train.dist_timeout_min > 0, "train.dist_timeout_min", "must be > 0 (minutes)")
     for key in ("log_interval", "eval_interval", "checkpoint_interval", "max_nonfinite_steps"):
         need(getattr(cfg.train, key) > 0, f"train.{key}", "must be > 0")
@@ -297,10 +309,23 @@ def validate(cfg: Config) -> Config:
     names = [loss.name for loss in cfg.distill.losses]
     need(len(names) == len(set(names)), "distill.losses", f"names must be unique, got {names}")
     for i, loss in enumerate(cfg.distill.losses):
+        for key in ("tau", "weight", "p", "inter_weight", "intra_weight", "alpha_mgd", "lambda_mgd"):
+            need(math.isfinite(getattr(loss, key)), f"distill.losses.{i}.{key}",
+                 f"must be a finite number, got {getattr(loss, key)}")
         need(loss.tau > 0, f"distill.losses.{i}.tau", f"must be > 0, got {loss.tau}")
         need(loss.weight >= 0, f"distill.losses.{i}.weight", f"must be >= 0, got {loss.weight}")
         need(loss.pool_size is None or loss.pool_size > 0, f"distill.losses.{i}.pool_size", "must be > 0 or null")
         need(loss.p > 0, f"distill.losses.{i}.p", f"must be > 0, got {loss.p}")
+        need(loss.inter_weight >= 0, f"distill.losses.{i}.inter_weight", f"must be >= 0, got {loss.inter_weight}")
+        need(loss.intra_weight >= 0, f"distill.losses.{i}.intra_weight", f"must be >= 0, got {loss.intra_weight}")
+        need(loss.alpha_mgd > 0, f"distill.losses.{i}.alpha_mgd", f"must be > 0, got {loss.alpha_mgd}")
+        need(0 <= loss.lambda_mgd < 1, f"distill.losses.{i}.lambda_mgd", f"must be in [0, 1), got {loss.lambda_mgd}")
+        need(not loss.standardize or loss.type in ("cwd", "kd", "dist"), f"distill.losses.{i}.standardize",
+             f"logit standardization applies to types cwd, kd and dist, not {loss.type!r}")
+        need(loss.type != "mgd" or loss.connector == "mgd", f"distill.losses.{i}.connector",
+             f"a term of type 'mgd' generates the teacher feature through 'connector: mgd', got {loss.connector!r}")
+        need(loss.connector != "mgd" or loss.type == "mgd", f"distill.losses.{i}.connector",
+             f"'connector: mgd' belongs to terms of type 'mgd', not {loss.type!r}")
     need(not cfg.distill.losses or cfg.teacher is not None, "distill.losses", "distillation losses need a teacher")
     if cfg.teacher is not None:
         need(bool(cfg.teacher.checkpoint), "teacher.checkpoint", "a teacher needs its checkpoint (path or URL)")

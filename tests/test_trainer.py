@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from segdistill.config import Config, config_from_dict, load_config
+from segdistill.engine import run as run_mod
 from segdistill.engine import trainer as trainer_mod
 from segdistill.engine.checkpointing import iter_checkpoints
 from segdistill.engine.schedule import poly_lr
@@ -58,14 +59,14 @@ def test_a_run_writes_config_metrics_and_mmseg_checkpoints(tiny_dataset: Path, t
 
 def _stop_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
     """Deliver SIGTERM to this process while iteration ``iteration`` runs."""
-    real = trainer_mod.poly_lr
+    real = run_mod.poly_lr
 
     def lr_then_signal(it: int, *args: Any) -> float:
         if it == iteration:
             signal.raise_signal(signal.SIGTERM)
         return real(it, *args)
 
-    monkeypatch.setattr(trainer_mod, "poly_lr", lr_then_signal)
+    monkeypatch.setattr(run_mod, "poly_lr", lr_then_signal)
 
 
 def test_sigterm_saves_and_the_resumed_run_ends_with_identical_weights(

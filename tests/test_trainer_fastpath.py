@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from segdistill.config import Config, config_from_dict
-from segdistill.engine import trainer as trainer_mod
+from segdistill.engine import run as run_mod
 from segdistill.engine.checkpointing import iter_checkpoints
-from segdistill.engine.trainer import build_student, train
+from segdistill.engine.run import build_student
+from segdistill.engine.trainer import train
 from segdistill.errors import UserError
 
 from conftest import tiny_config_tree, write_tiny_folder_dataset
@@ -87,6 +88,6 @@ def test_batch_size_one_is_a_config_error(tiny_dataset: Path, tmp_path: Path) ->
 
 def test_batch_size_one_is_fine_when_syncbn_pools_several_gpus() -> None:
     student = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.BatchNorm2d(4))
-    trainer_mod._check_norm_batch(student, norm_batch=8, batch_size=1)  # 8 GPUs x 1 under SyncBN
+    run_mod.check_norm_batch(student, norm_batch=8, batch_size=1)  # 8 GPUs x 1 under SyncBN
     with pytest.raises(UserError):
-        trainer_mod._check_norm_batch(student, norm_batch=1, batch_size=1)
+        run_mod.check_norm_batch(student, norm_batch=1, batch_size=1)

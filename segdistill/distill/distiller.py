@@ -23,14 +23,20 @@ from .teacher import Tap
 def loss_options(term: DistillTerm) -> dict[str, object]:
     """Keyword arguments of ``term``'s loss class (only the options that loss has)."""
     kwargs: dict[str, object] = {"loss_weight": term.weight}
-    if term.type in ("cwd", "kd"):
+    if term.type in ("cwd", "kd", "dist"):
         kwargs["tau"] = term.tau
+        kwargs["standardize"] = term.standardize
     if term.type == "cwd":
         kwargs["resize"] = term.resize
     if term.type == "pairwise":
         kwargs["pool_size"] = term.pool_size
     if term.type == "at":
         kwargs["p"] = term.p
+    if term.type == "dist":
+        kwargs["inter_weight"] = term.inter_weight
+        kwargs["intra_weight"] = term.intra_weight
+    if term.type == "mgd":
+        kwargs["alpha_mgd"] = term.alpha_mgd
     return kwargs
 
 
@@ -54,13 +60,9 @@ class DistillStudent(nn.Module):
                 if tap_channels is None or term.name not in tap_channels:
                     raise ValueError(f"connector of {term.name!r} needs its (student, teacher) channel counts")
                 s_ch, t_ch = tap_channels[term.name]
-                self.connectors[term.name] = build_connector(term.connector, s_ch, t_ch)
+                self.connectors[term.name] = build_connector(term.connector, s_ch, t_ch, lambda_mgd=term.lambda_mgd)
         self.student_taps = list(dict.fromkeys(t.student for t in self.terms))
         self._tap = Tap(student, self.student_taps, "student") if self.terms else None
-
-    @property
-    def teacher_taps(self) -> list[str]:
-        return list(dict.fromkeys(t.teacher for t in self.terms))
 
     def forward(self, image: torch.Tensor, label: torch.Tensor,
                 teacher_outputs: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -168,9 +168,38 @@ class FrozenTeacher(nn.Module):
                 yield
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The tapped maps for the normalised images ``x`` (``label`` is unused: the teacher has no loss)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._precision(x.device):
             self._forward(x)
+        return {k: v.float().contiguous() for k, v in self._tap.pop().items()}
+
+
+class ReferenceCostTeacher(nn.Module):
+    """What mmrazor's teacher costs per step: train mode except BatchNorm (dropout on), float32, every
+    head, and the teacher's own task losses, computed and thrown away; returns the tapped maps.
+
+    Used only by the benchmark's "all fast paths off" variant, as the reference point.
+    """
+
+    def __init__(self, model: EncoderDecoder, taps: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._tap = Tap(model, list(dict.fromkeys(taps)), "teacher")
+        self.train(False)
+
+    def train(self, mode: bool = True) -> ReferenceCostTeacher:
+        super().train(False)
+        set_reference_mode(self.model)
+        return self
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        outputs = self.model(x, with_aux=True)
+        if label is not None:
+            self.model.loss(outputs, label)  # mmrazor calls the teacher with mode='loss'
         return {k: v.float().contiguous() for k, v in self._tap.pop().items()}
