@@ -36,6 +36,15 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def _load_model(name: str, num_classes: int, checkpoint: str, part: str = "student"):  # noqa: ANN202
+    """Build model ``name`` and load ``checkpoint`` into it strictly: eval, predict, export and viz share this."""
+    from .models import build_segmentor, load_checkpoint
+
+    model = build_segmentor(name, num_classes)
+    load_checkpoint(model, checkpoint, part=part)
+    return model
+
+
 # ---- train -------------------------------------------------------------------------------------
 
 
@@ -66,17 +75,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.distributed import init_distributed
     from .evaluation import evaluate
     from .fileio import atomic_write_text
-    from .models import build_segmentor, load_checkpoint
 
     args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _config(args)
     env = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     ds = _dataset_meta(cfg, args.split)
-    model = build_segmentor(args.model or cfg.student.model, ds.num_classes)
-    load_checkpoint(model, args.checkpoint, part=args.part)
-    model.to(env.device)
+    model = _load_model(args.model or cfg.student.model, ds.num_classes, args.checkpoint, args.part).to(env.device)
     metrics = evaluate(model, EvalSet(ds, build_eval_pipeline(cfg.data.eval_scale)), cfg.eval, env.device,
-                       list(ds.classes), rank=env.rank, world_size=env.world_size, workers=cfg.data.workers)
+                       list(ds.classes), rank=env.rank, world_size=env.world_size, workers=cfg.data.workers,
+                       progress=not args.no_progress)
     if env.is_main:
         print(metrics.table())
         if args.out:
@@ -96,25 +103,23 @@ def _dataset_meta(cfg, split: str | None = None):  # noqa: ANN001, ANN202 - retu
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.distributed import pick_device
     from .evaluation.predict import predict
-    from .models import build_segmentor, load_checkpoint
 
     if (args.input is None) == (args.split is None):
         raise UserError("predict needs exactly one of INPUT (an image or a folder) or --split NAME")
     args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _config(args)
     ds = _dataset_meta(cfg, args.split)
-    model = build_segmentor(args.model or cfg.student.model, ds.num_classes)
-    load_checkpoint(model, args.checkpoint, part=args.part)
+    model = _load_model(args.model or cfg.student.model, ds.num_classes, args.checkpoint, args.part)
     device = pick_device(cfg.train.device)
     outputs = predict(model.to(device), ds if args.split else args.input, args.out, ds.palette, device=device,
                       mode=cfg.eval.mode, crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, flip=cfg.eval.flip,
-                      scales=cfg.eval.scales, eval_scale=cfg.data.eval_scale, opacity=args.opacity)
+                      scales=cfg.eval.scales, eval_scale=cfg.data.eval_scale, opacity=args.opacity,
+                      progress=not args.no_progress)
     print(f"wrote {len(outputs) // 2} predictions (index PNG + overlay) to {args.out}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .models import build_segmentor, load_checkpoint
     from .models.export import export_onnx, export_student
 
     cfg = _config(args)
@@ -123,8 +128,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                          classes=ds.classes, palette=ds.palette)
     print(f"student-only checkpoint: {out}")
     if args.onnx:
-        model = build_segmentor(args.model or cfg.student.model, ds.num_classes)
-        load_checkpoint(model, out)
+        model = _load_model(args.model or cfg.student.model, ds.num_classes, str(out))
         size = tuple(args.size) if args.size else tuple(cfg.data.crop_size)
         print(f"ONNX ({size[0]}x{size[1]}, checked against onnxruntime when installed): "
               f"{export_onnx(model, args.onnx, size)}")
@@ -134,16 +138,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_viz_channels(args: argparse.Namespace) -> int:
     from .data import read_image
     from .distill.viz import channel_softmax_figure
-    from .models import build_segmentor, load_checkpoint
 
     cfg = _config(args)
     if cfg.teacher is None:
         raise UserError(f"{args.config} names no teacher; viz-channels compares a teacher with a student")
     ds = _dataset_meta(cfg)
-    teacher = build_segmentor(cfg.teacher.model, ds.num_classes)
-    load_checkpoint(teacher, args.teacher_checkpoint or cfg.teacher.checkpoint, part=args.teacher_part)
-    student = build_segmentor(cfg.student.model, ds.num_classes)
-    load_checkpoint(student, args.checkpoint)
+    teacher = _load_model(cfg.teacher.model, ds.num_classes, args.teacher_checkpoint or cfg.teacher.checkpoint,
+                          args.teacher_part)
+    student = _load_model(cfg.student.model, ds.num_classes, args.checkpoint)
     cwd = [t for t in cfg.distill.losses if t.type == "cwd"]
     tau, tap = (cwd[0].tau, cwd[0].teacher) if cwd else (1.0, "decode_head.conv_seg")
     fig = channel_softmax_figure(teacher, student, read_image(args.image), args.out, tau=tau, tap=tap,
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: eval.mode)")
     p.add_argument("--tta", action="store_true", help="flip + scales 0.5..1.75, as mmseg's aug test")
     p.add_argument("--out", help="also write the metrics as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="colour masks and overlays for an image, a folder or a dataset split")
@@ -228,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["whole", "slide"])
     p.add_argument("--tta", action="store_true", help="flip + multi-scale test-time augmentation")
     p.add_argument("--opacity", type=float, default=0.5, help="mask opacity in the overlays")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="student-only checkpoint (mmseg-loadable) and optional ONNX")

@@ -81,7 +81,7 @@ def test_identity_connector() -> None:
 
 
 def test_build_connector_kinds_and_errors() -> None:
-    assert CONNECTOR_KINDS == ("convbn", "convbnrelu", "identity")
+    assert CONNECTOR_KINDS == ("convbn", "convbnrelu", "identity", "mgd")
     relu_conn = build_connector("convbnrelu", 4, 6)
     assert isinstance(relu_conn, ConvBNConnector) and isinstance(relu_conn.relu, nn.ReLU)
     plain = build_connector("convbn", 4, 6)

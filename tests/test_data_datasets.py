@@ -22,7 +22,7 @@ from segdistill.data.datasets import (
     build_dataset,
 )
 from segdistill.data.sampler import InfiniteSampler
-from segdistill.data.transforms import build_eval_pipeline, build_train_pipeline
+from segdistill.data.transforms import TrainSample, build_eval_pipeline, build_train_pipeline
 from segdistill.errors import UserError
 
 
@@ -336,10 +336,11 @@ def test_train_set_is_a_function_of_seed_and_sample_seed(tmp_path: Path) -> None
     ds = CityscapesDataset(tmp_path, "train")
     pipe = build_train_pipeline(crop_size=(8, 8), scale=(16, 12))
     a, b = TrainSet(ds, pipe, seed=1), TrainSet(ds, pipe, seed=1)
-    img1, lbl1 = a[(1, 17)]
-    img2, lbl2 = b[(1, 17)]
-    assert torch.equal(img1, img2) and torch.equal(lbl1, lbl2)
-    assert img1.shape == (3, 8, 8) and lbl1.dtype == torch.int64
+    img1, lbl1, valid1 = a[(1, 17)]
+    img2, lbl2, valid2 = b[(1, 17)]
+    assert torch.equal(img1, img2) and torch.equal(lbl1, lbl2) and torch.equal(valid1, valid2)
+    # Workers ship uint8: the training device normalises (segdistill.data.preprocess).
+    assert img1.shape == (3, 8, 8) and img1.dtype == torch.uint8 and lbl1.dtype == torch.uint8
     others = [a[(1, s)][0] for s in range(18, 24)] + [TrainSet(ds, pipe, seed=2)[(1, 17)][0]]
     assert not any(torch.equal(img1, o) for o in others)
     with pytest.raises(TypeError):
@@ -350,15 +351,16 @@ def test_train_batches_do_not_depend_on_worker_count(tmp_path: Path) -> None:
     make_cityscapes(tmp_path, n=4)
     ds = TrainSet(CityscapesDataset(tmp_path, "train"), build_train_pipeline(crop_size=(8, 8), scale=(16, 12)), seed=0)
 
-    def batches(workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(workers: int) -> list[TrainSample]:
         loader = torch.utils.data.DataLoader(
             ds, batch_size=2, sampler=InfiniteSampler(len(ds), seed=0), num_workers=workers
         )
         it = iter(loader)
         return [next(it) for _ in range(3)]
 
-    for (i0, l0), (i2, l2) in zip(batches(0), batches(2)):
-        assert torch.equal(i0, i2) and torch.equal(l0, l2)
+    for (i0, l0, v0), (i2, l2, v2) in zip(batches(0), batches(2)):
+        assert torch.equal(i0, i2) and torch.equal(l0, l2) and torch.equal(v0, v2)
+        assert i0.dtype == torch.uint8 and i0.shape == (2, 3, 8, 8) and v0.shape == (2, 2)
 
 
 def test_eval_set_returns_full_resolution_label_and_index(tmp_path: Path) -> None:

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from segdistill.data.preprocess import DataPreprocessor
 from segdistill.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Compose,
     Normalize,
+    PackTrainSample,
     Pad,
     PhotoMetricDistortion,
     RandomCrop,
@@ -19,8 +21,10 @@ from segdistill.data.transforms import (
     RandomResize,
     Resize,
     ToTensor,
+    TrainPipeline,
     build_eval_pipeline,
     build_train_pipeline,
+    class_counts,
     rescale_size,
 )
 from segdistill.errors import UserError
@@ -311,13 +315,15 @@ def test_to_tensor_layout_and_dtypes() -> None:
 def test_train_pipeline_shapes_labels_and_determinism() -> None:
     image, label = coord_image(60, 80), blocky_label(60, 80)
     pipe = build_train_pipeline(crop_size=(32, 48), scale=(80, 60), ratio_range=(0.5, 2.0))
-    assert isinstance(pipe, Compose)
+    assert isinstance(pipe, TrainPipeline)
     allowed = set(np.unique(label).tolist()) | {255}
     outs = []
     for seed in range(12):
-        img_t, lbl_t = pipe(image, label, np.random.default_rng([5, seed]))
-        assert img_t.shape == (3, 32, 48) and img_t.dtype == torch.float32
-        assert lbl_t.shape == (32, 48) and lbl_t.dtype == torch.int64
+        img_t, lbl_t, valid = pipe(image, label, np.random.default_rng([5, seed]))
+        # The worker ships uint8 (normalisation happens on the training device).
+        assert img_t.shape == (3, 32, 48) and img_t.dtype == torch.uint8 and img_t.is_contiguous()
+        assert lbl_t.shape == (32, 48) and lbl_t.dtype == torch.uint8
+        assert valid.dtype == torch.int64 and valid.shape == (2,)
         assert set(torch.unique(lbl_t).tolist()) <= allowed
         outs.append((img_t, lbl_t))
     again = pipe(image, label, np.random.default_rng([5, 3]))
@@ -328,11 +334,15 @@ def test_train_pipeline_shapes_labels_and_determinism() -> None:
 def test_train_pipeline_pads_small_crops_with_zero_and_ignore() -> None:
     # ratio 0.5 of a 40x40 scale shrinks a 40x40 image to 20x20 < the 32x32 crop: the rest is padding.
     image, label = coord_image(40, 40), np.zeros((40, 40), dtype=np.uint8)
-    pipe = build_train_pipeline(crop_size=(32, 32), scale=(40, 40), ratio_range=(0.5, 0.5), photometric=False, flip_prob=0.0)
-    img_t, lbl_t = pipe(image, label, np.random.default_rng(0))
-    assert img_t.shape == (3, 32, 32)
+    pipe = build_train_pipeline(crop_size=(32, 32), scale=(40, 40), ratio_range=(0.5, 0.5), photometric=False,
+                                flip_prob=0.0)
+    img_t, lbl_t, valid = pipe(image, label, np.random.default_rng(0))
+    assert img_t.shape == (3, 32, 32) and valid.tolist() == [20, 20]
     assert (lbl_t[:20, :20] == 0).all() and (lbl_t[20:] == 255).all() and (lbl_t[:, 20:] == 255).all()
-    assert (img_t[:, 20:] == 0).all() and (img_t[:, :, 20:] == 0).all()
+    # After the device's normalisation the padding is 0, the mean colour (as Normalize then Pad gave).
+    x, y = DataPreprocessor()(img_t[None], lbl_t[None], valid[None])
+    assert (x[0, :, 20:] == 0).all() and (x[0, :, :, 20:] == 0).all() and (x[0, :, :20, :20] != 0).any()
+    assert (y[0, :20, :20] == 0).all() and (y[0, 20:] == 255).all() and (y[0, :, 20:] == 255).all()
 
 
 def test_eval_pipeline_keeps_label_resolution() -> None:
@@ -363,3 +373,154 @@ def test_bad_parameters_are_user_errors(make) -> None:
     with pytest.raises(UserError) as info:
         make()
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------- fast paths = reference arithmetic
+# The transforms compute the reference's results faster (tables, cv2.calcHist, cv2.flip, uint8 workers with
+# normalisation on the device). These tests replay the plain per-pixel reference code with the same random
+# draws and demand the very same bytes / float32 values.
+
+
+def reference_photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mmseg's PhotoMetricDistortion pixel by pixel (on RGB with RGB2HSV), default parameters."""
+    img = np.ascontiguousarray(img)
+    if rng.integers(2):
+        img = _convert(img, beta=rng.uniform(-32, 32))
+    mode = rng.integers(2)
+    if mode == 1 and rng.integers(2):
+        img = _convert(img, alpha=rng.uniform(0.5, 1.5))
+    if rng.integers(2):
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[:, :, 1] = _convert(hsv[:, :, 1], alpha=rng.uniform(0.5, 1.5))
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if rng.integers(2):
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[:, :, 0] = (hsv[:, :, 0].astype(np.int64) + int(rng.integers(-18, 18))) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if mode == 0 and rng.integers(2):
+        img = _convert(img, alpha=rng.uniform(0.5, 1.5))
+    return img
+
+
+def street_like(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth gradients plus noise: every value range, saturated and grey pixels, hues across the circle."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([255 * xs / w, 255 * ys / h, 128 + 127 * np.sin(xs / 5 + ys / 7)], axis=2)
+    return np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def test_photometric_tables_equal_per_pixel_reference_for_every_draw() -> None:
+    big = street_like(70, 90, seed=0)
+    view = big[5:62, 7:80]  # a crop view, as the pipeline hands it over (not contiguous)
+    steps = set()
+    for seed in range(300):
+        out, _ = PhotoMetricDistortion()(view, blocky_label(57, 73), np.random.default_rng(seed))
+        expected = reference_photometric(view, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out, expected, err_msg=f"seed {seed}")
+        probe = np.random.default_rng(seed)
+        steps.add((int(probe.integers(2)), int(probe.integers(2))))
+    assert len(steps) == 4  # brightness on/off x both contrast positions were exercised
+
+
+def reference_crop_ok(crop: np.ndarray, ratio: float, ignore: int = 255) -> bool:
+    values, counts = np.unique(crop, return_counts=True)
+    counts = counts[values != ignore]
+    return len(counts) > 1 and counts.max() / counts.sum() < ratio
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_class_counts_equal_bincount_on_views(dtype) -> None:
+    label = np.random.default_rng(0).choice(np.array([0, 1, 7, 200, 255]), size=(90, 130)).astype(dtype)
+    for y0, x0, h, w in [(0, 0, 90, 130), (3, 5, 40, 77), (50, 100, 1, 30), (10, 0, 80, 1)]:
+        view = label[y0 : y0 + h, x0 : x0 + w]
+        np.testing.assert_array_equal(class_counts(view), np.bincount(view.ravel(), minlength=256))
+
+
+def reference_train_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: tuple[int, int],
+                           scale: tuple[int, int], ratio_range: tuple[float, float],
+                           cat_max_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float pipeline as workers ran it before: every step in plain numpy, normalise and pad in the worker."""
+    lo, hi = ratio_range
+    ratio = rng.random() * (hi - lo) + lo
+    hw = rescale_size(image.shape[:2], (int(scale[0] * ratio), int(scale[1] * ratio)))
+    if hw != image.shape[:2]:
+        image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+
+    def bbox() -> tuple[int, int]:
+        y = int(rng.integers(0, max(image.shape[0] - crop[0], 0) + 1))
+        return y, int(rng.integers(0, max(image.shape[1] - crop[1], 0) + 1))
+
+    y, x = bbox()
+    for _ in range(10):
+        if reference_crop_ok(label[y : y + crop[0], x : x + crop[1]], cat_max_ratio):
+            break
+        y, x = bbox()
+    image, label = image[y : y + crop[0], x : x + crop[1]], label[y : y + crop[0], x : x + crop[1]]
+    if rng.random() < 0.5:
+        image, label = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
+    image = reference_photometric(image, rng)
+    image = (image.astype(np.float32) - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+    pad = ((0, crop[0] - image.shape[0]), (0, crop[1] - image.shape[1]))
+    image = np.pad(image, (*pad, (0, 0)), constant_values=0.0)
+    label = np.pad(label, pad, constant_values=255)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(label.astype(np.int64))
+
+
+def test_uint8_pipeline_plus_device_preprocessor_equals_the_old_float_pipeline() -> None:
+    # Structured labels with ignored areas make the cat_max_ratio check redraw crops; ratios from 0.3
+    # make images smaller than the crop, so padding is exercised too.
+    image = street_like(48, 64, seed=1)
+    label = blocky_label(48, 64, seed=2)
+    label[:, :20] = 3  # one dominant class on the left: many crops fail the 0.75 check
+    crop, scale, ratio_range = (32, 40), (64, 48), (0.3, 2.0)
+    pipe = build_train_pipeline(crop_size=crop, scale=scale, ratio_range=ratio_range, cat_max_ratio=0.75)
+    pre = DataPreprocessor()
+    padded = 0
+    for seed in range(120):
+        sample = pipe(image, label, np.random.default_rng([7, seed]))
+        batch = torch.utils.data.default_collate([sample])
+        x, y = pre(batch.image, batch.label, batch.valid_hw)
+        ref_x, ref_y = reference_train_sample(image, label, np.random.default_rng([7, seed]), crop, scale, ratio_range,
+                                              0.75)
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert torch.equal(x[0], ref_x), f"seed {seed}: image differs by {(x[0] - ref_x).abs().max():.3g}"
+        assert torch.equal(y[0], ref_y), f"seed {seed}: label differs"
+        padded += int(sample.valid_hw.tolist() != [32, 40])
+    assert padded > 10
+
+
+def test_preprocessor_pads_each_sample_of_a_batch_by_its_own_size() -> None:
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (3, 3, 6, 8), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 4, (3, 6, 8)).astype(np.int64))
+    valid = torch.tensor([[6, 8], [4, 8], [6, 5]])
+    before = labels.clone()
+    x, y = DataPreprocessor()(images, labels, valid)
+    assert torch.equal(labels, before)  # an int64 label batch is not written into
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for i, (h, w) in enumerate(valid.tolist()):
+        assert torch.equal(x[i, :, :h, :w], (images[i, :, :h, :w].float() - mean) / std)
+        assert (x[i, :, h:] == 0).all() and (x[i, :, :, w:] == 0).all()
+        assert torch.equal(y[i, :h, :w], labels[i, :h, :w])
+        assert (y[i, h:] == 255).all() and (y[i, :, w:] == 255).all()
+    x2, _ = DataPreprocessor()(images, labels)  # no sizes: every pixel is real
+    assert torch.equal(x2, (images.float() - mean) / std)
+
+
+def test_pack_train_sample_is_an_exact_channel_first_copy() -> None:
+    big = street_like(40, 50, seed=3)
+    view = big[3:30, 4:41]  # 27 x 37, not contiguous
+    frozen = np.frombuffer(view.tobytes(), dtype=np.uint8).reshape(view.shape)  # read-only, as cache maps are
+    label = blocky_label(27, 37)
+    for src in (view, frozen):
+        out = PackTrainSample((32, 40))(src, label)
+        assert out.image.shape == (3, 32, 40) and out.image.is_contiguous() and out.valid_hw.tolist() == [27, 37]
+        assert torch.equal(out.image[:, :27, :37], torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))))
+        assert (out.image[:, 27:] == 0).all() and (out.image[:, :, 37:] == 0).all()
+        assert torch.equal(out.label[:27, :37], torch.from_numpy(label)) and (out.label[27:] == 255).all()
+    big_out = PackTrainSample((8, 8))(view, label)  # larger than the pad size: left alone
+    assert big_out.image.shape == (3, 27, 37) and big_out.valid_hw.tolist() == [27, 37]
+    with pytest.raises(UserError, match="uint8"):
+        PackTrainSample((8, 8))(view.astype(np.float32), label)

@@ -35,7 +35,7 @@ def test_quick_demo_runs_every_stage_and_resumes_as_finished(tmp_path: Path, cap
 
 
 def test_shipped_demo_config_is_the_cwd_arm(tmp_path: Path) -> None:
-    shipped = load_config(REPO / "configs" / "demo.yaml")
+    shipped = load_config(REPO / "segdistill" / "demo_config.yaml")
     arms = demo_configs(tmp_path)
     assert arms["student_cwd"].distill == shipped.distill
     assert arms["student"].teacher is None and not arms["student"].distill.losses

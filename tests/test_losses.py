@@ -506,7 +506,7 @@ def test_comparison_losses_gradcheck(name: str) -> None:
 
 
 def test_registry_and_build_loss() -> None:
-    assert set(LOSSES) == {"cwd", "kd", "pairwise", "at", "mse"}
+    assert set(LOSSES) == {"cwd", "kd", "pairwise", "at", "mse", "dist", "mgd"}
     loss = build_loss("cwd", tau=4.0, loss_weight=3.0)
     assert isinstance(loss, ChannelWiseDivergence) and loss.tau == 4.0 and loss.loss_weight == 3.0
     assert isinstance(build_loss("pairwise", pool_size=2), PairwiseAffinity)

@@ -97,7 +97,7 @@ def test_a_stop_during_an_accumulation_window_finishes_the_step_and_resumes_exac
     cfg = config_from_dict(tree)
     train(cfg, tmp_path / "straight")
 
-    real = step_mod._to_device
+    real = step_mod.to_device
     calls = {"n": 0}
 
     def signal_in_second_micro_batch_of_iteration_3(batch: Any, run: TrainingRun) -> Any:
@@ -106,12 +106,12 @@ def test_a_stop_during_an_accumulation_window_finishes_the_step_and_resumes_exac
             signal.raise_signal(signal.SIGTERM)
         return real(batch, run)
 
-    monkeypatch.setattr(step_mod, "_to_device", signal_in_second_micro_batch_of_iteration_3)
+    monkeypatch.setattr(step_mod, "to_device", signal_in_second_micro_batch_of_iteration_3)
     from segdistill.engine.trainer import TrainingStopped
 
     with pytest.raises(TrainingStopped):
         train(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(step_mod, "_to_device", real)
+    monkeypatch.setattr(step_mod, "to_device", real)
     state = torch.load(sorted((tmp_path / "resumed" / "checkpoints").glob("iter_*.pth"))[-1], weights_only=False)
     assert state["meta"]["iteration"] == 3  # the window was finished, not cut
     train(cfg, tmp_path / "resumed")

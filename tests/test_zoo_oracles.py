@@ -24,6 +24,15 @@ ORACLES: dict[str, str] = {
     "pspnet_r101-d8": "pspnet_r101",
     "deeplabv3_r18-d8": "deeplabv3_r18",
     "deeplabv3_r101-d8": "deeplabv3_r101",
+    "deeplabv3plus_m-v2-d8": "mobilenet_v2_deeplabv3plus",
+    "deeplabv3_m-v2-d8": "mobilenet_v2_deeplabv3",
+    "pspnet_m-v2-d8": "mobilenet_v2_pspnet",
+    "fcn_m-v2-d8": "mobilenet_v2_fcn",
+    "deeplabv3plus_r18-d8": "deeplabv3plus_r18",
+    "segformer_mit-b0": "segformer_mit-b0",
+    "segformer_mit-b1": "segformer_mit-b1",
+    "bisenetv2": "bisenetv2",
+    "stdc1": "stdc1",
 }
 
 RTOL = 1e-5  # relative to each output's scale (its max abs value), float32

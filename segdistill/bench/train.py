@@ -45,7 +45,7 @@ from ..config import Config, config_from_dict, to_dict
 from ..data import IGNORE_INDEX, build_dataset
 from ..engine.distributed import DistEnv, pick_device
 from ..engine.run import TrainingRun, build_run
-from ..engine.step import STEP_REGIONS, StepHooks, train_step
+from ..engine.step import STEP_REGIONS, StepHooks, to_device, train_step
 from ..engine.trainer import build_train_set, train_loader
 from ..errors import UserError
 from .timing import PeakMemory, median, now, sync
@@ -265,8 +265,7 @@ def bench_train(cfg: Config, *, iters: int = 10, warmup: int = 2, synthetic: boo
 
     def fixed_batch() -> Batch:
         if not fixed:
-            image, lab = next(data)
-            fixed.append((image.to(env.device), lab.to(env.device)))
+            fixed.append(to_device(next(data), run))  # normalised on the device, as the step does
         return fixed[0]
 
     def unavoidable(it: int, keep: bool) -> None:

@@ -1,5 +1,7 @@
-"""The data stage: datasets, paired transforms, a resumable sharded sampler, Cityscapes preparation, demo scenes."""
+"""The data stage: datasets, paired transforms, a resumable sharded sampler, Cityscapes preparation, demo scenes,
+the decoded-image cache and the on-device preprocessor."""
 
+from segdistill.data.cache import CacheReport, CacheWarning, DecodedCache, build_decoded_cache
 from segdistill.data.datasets import (
     CAMVID_CLASSES,
     CAMVID_PALETTE,
@@ -21,12 +23,14 @@ from segdistill.data.datasets import (
 from segdistill.data.demo_scenes import DEMO_LABELS, DemoScenesReport, generate_demo_scenes
 from segdistill.data.loader import prepare_worker_fork, worker_init
 from segdistill.data.prepare import PrepareReport, add_prepare_parser, prepare_cityscapes, run_prepare
+from segdistill.data.preprocess import DataPreprocessor
 from segdistill.data.sampler import InfiniteSampler
 from segdistill.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Compose,
     Normalize,
+    PackTrainSample,
     Pad,
     PhotoMetricDistortion,
     RandomCrop,
@@ -34,6 +38,8 @@ from segdistill.data.transforms import (
     RandomResize,
     Resize,
     ToTensor,
+    TrainPipeline,
+    TrainSample,
     Transform,
     build_eval_pipeline,
     build_train_pipeline,
@@ -50,14 +56,19 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "CacheReport",
+    "CacheWarning",
     "CamVidDataset",
     "CityscapesDataset",
     "Compose",
+    "DataPreprocessor",
+    "DecodedCache",
     "DemoScenesReport",
     "EvalSet",
     "FolderDataset",
     "InfiniteSampler",
     "Normalize",
+    "PackTrainSample",
     "Pad",
     "PhotoMetricDistortion",
     "PrepareReport",
@@ -67,10 +78,13 @@ __all__ = [
     "Resize",
     "SegDataset",
     "ToTensor",
+    "TrainPipeline",
+    "TrainSample",
     "TrainSet",
     "Transform",
     "add_prepare_parser",
     "build_dataset",
+    "build_decoded_cache",
     "build_eval_pipeline",
     "build_train_pipeline",
     "generate_demo_scenes",

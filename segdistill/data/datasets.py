@@ -11,9 +11,12 @@ does not know) is a one-line :class:`~segdistill.errors.UserError` naming the fi
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,6 +24,8 @@ import torch
 import yaml
 from PIL import Image
 
+from segdistill.data.cache import DecodedCache
+from segdistill.data.transforms import TrainSample
 from segdistill.errors import UserError
 
 __all__ = [
@@ -72,6 +77,10 @@ MASK_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff")
 # Decoding
 
 
+#: OpenCV >= 4.10 decodes to RGB directly; older versions decode BGR and convert.
+_IMREAD_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -95,22 +104,54 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if _IMREAD_RGB is not None:
+            # Straight to RGB: the same pixels as IMREAD_COLOR + BGR2RGB (tested), without the extra pass.
+            rgb = cv2.imdecode(data, _IMREAD_RGB)
+        else:
+            bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     finally:
         cv2.utils.logging.setLogLevel(level)
-    if bgr is None:
-        raise UserError(f"image {path} is unreadable or truncated (OpenCV cannot decode it); re-copy or re-export the file")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb is None:
+        raise UserError(f"image {path} is unreadable or truncated (OpenCV cannot decode it); "
+                        "re-copy or re-export the file")
+    return rgb
+
+
+def _is_grey8_png(data: np.ndarray) -> bool:
+    """An 8-bit greyscale, non-interlaced PNG (IHDR: bit depth 8, colour type 0, interlace 0)."""
+    return (data.size > 33 and data[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and data[12:16].tobytes() == b"IHDR"
+            and int(data[24]) == 8 and int(data[25]) == 0 and int(data[28]) == 0)
 
 
 def read_label_array(path: str | os.PathLike) -> np.ndarray:
-    """Decode a label image with Pillow as stored: palette PNGs give their indices, RGB masks ``H x W x 3``."""
+    """Decode a label image as stored: palette PNGs give their indices, RGB masks ``H x W x 3``.
+
+    Pillow decodes every format, like mmseg's ``LoadAnnotations``. An 8-bit greyscale PNG (Cityscapes'
+    labelTrainIds) is a lossless array of indices that OpenCV decodes to the very same values about
+    20 % faster, so OpenCV takes those; anything it does not return as one ``H x W`` uint8 plane
+    (a damaged file, say) goes to Pillow, which decodes it or raises the error.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise UserError(f"cannot read label {path}: {_first_line(err)}; check that the file exists and is readable") from None
+    if _is_grey8_png(data):
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        if array is not None and array.ndim == 2 and array.dtype == np.uint8:
+            return array
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
             return np.array(im)
     except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"label {path} is unreadable or truncated ({_first_line(err)}); re-copy or re-create the file") from None
+        raise UserError(f"label {path} is unreadable or truncated ({_first_line(err)}); "
+                        "re-copy or re-create the file") from None
 
 
 def _index_lut(num_classes: int, extra: dict[int, int] | None = None) -> np.ndarray:
@@ -164,6 +205,8 @@ class SegDataset:
         valid = np.nonzero(self._lut >= 0)[0]
         self._lut_is_identity = bool(np.all(self._lut[valid] == valid))
         self._lut_u8 = np.where(self._lut >= 0, self._lut, IGNORE_INDEX).astype(np.uint8)
+        self._bad_u8 = (self._lut < 0).astype(np.uint8)  # 1 for the raw values that are an error
+        self.cache: DecodedCache | None = None
 
     @property
     def num_classes(self) -> int:
@@ -181,16 +224,56 @@ class SegDataset:
         """Path of the ``i``-th label file."""
         return self._label_paths[i]
 
+    def use_cache(self, folder: str | os.PathLike | None) -> None:
+        """Read samples from the decoded cache in ``folder`` (``None``: decode every time).
+
+        Entries are made by :func:`~segdistill.data.cache.build_decoded_cache`; a missing, stale or
+        damaged entry is decoded from its file instead, with a one-line
+        :class:`~segdistill.data.cache.CacheWarning`.
+        """
+        self.cache = None if folder is None else DecodedCache(folder, self.root)
+
+    def image_key(self) -> str:
+        """What a cached image depends on besides its file: the decoder and its colour order."""
+        return "cv2-rgb"
+
+    def label_key(self) -> str:
+        """What a cached label depends on besides its file: the value mapping (a class list change invalidates it)."""
+        return type(self).__name__ + "-" + hashlib.sha1(self._lut.tobytes()).hexdigest()[:16]
+
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return sample ``i`` as ``(RGB uint8 H x W x 3, uint8 H x W label with ignore 255)``, checked."""
+        """Return sample ``i`` as ``(RGB uint8 H x W x 3, uint8 H x W label with ignore 255)``, checked.
+
+        With a cache (:meth:`use_cache`) the arrays are read-only views of the cache files.
+        """
+        if self.cache is None:
+            return self.decode(i)
+        image = self._from_cache(self._image_paths[i], "image", self.image_key(), read_image)
+        label = self._from_cache(self._label_paths[i], "label", self.label_key(), self._decode_label)
+        self._check_sizes(i, image, label)
+        return image, label
+
+    def decode(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` decoded from its files (never from the cache), checked."""
         image = read_image(self._image_paths[i])
         label = self._decode_label(self._label_paths[i])
+        self._check_sizes(i, image, label)
+        return image, label
+
+    def _from_cache(self, path: Path, kind: str, key: str, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
+        assert self.cache is not None
+        array, problem = self.cache.read(path, kind, key)
+        if array is None:
+            self.cache.warn(path, problem or "unusable")
+            array = decode(path)
+        return array
+
+    def _check_sizes(self, i: int, image: np.ndarray, label: np.ndarray) -> None:
         if image.shape[:2] != label.shape:
             raise UserError(
                 f"label {self._label_paths[i]} is {label.shape[1]}x{label.shape[0]} but its image "
                 f"{self._image_paths[i].name} is {image.shape[1]}x{image.shape[0]} (WxH); they must be the same size"
             )
-        return image, label
 
     def _decode_label(self, path: Path) -> np.ndarray:
         """Decode an index label and map it to train ids, rejecting values outside the class list."""
@@ -207,13 +290,14 @@ class SegDataset:
                 bad = np.unique(raw[(raw < 0) | (raw > 255)])
                 raise UserError(self._bad_values_message(path, bad.tolist()))
             raw = raw.astype(np.uint8)
-        counts = np.bincount(raw.ravel(), minlength=256)
-        bad_values = np.nonzero((counts > 0) & (self._lut < 0))[0]
-        if bad_values.size:
+        raw = np.ascontiguousarray(raw)
+        # Table lookups (cv2.LUT) instead of a histogram: ten times faster on a 2048x1024 label.
+        if cv2.countNonZero(cv2.LUT(raw, self._bad_u8).reshape(raw.shape[0], -1)):
+            bad_values = np.nonzero((np.bincount(raw.ravel(), minlength=256) > 0) & (self._lut < 0))[0]
             raise UserError(self._bad_values_message(path, bad_values.tolist()))
         if self._lut_is_identity:
-            return np.ascontiguousarray(raw)
-        return self._lut_u8[raw]
+            return raw
+        return cv2.LUT(raw, self._lut_u8)
 
     def _bad_values_message(self, path: Path, values: Sequence[int]) -> str:
         return (
@@ -464,6 +548,11 @@ class FolderDataset(SegDataset):
         order = np.argsort(codes)
         self._color_codes, self._color_targets = codes[order], targets[order]
 
+    def label_key(self) -> str:
+        """The index mapping and the class colours (colour masks are cached already mapped)."""
+        tables = self._lut.tobytes() + self._color_codes.tobytes() + self._color_targets.tobytes()
+        return type(self).__name__ + "-" + hashlib.sha1(tables).hexdigest()[:16]
+
     def _decode_label(self, path: Path) -> np.ndarray:
         raw = read_label_array(path)
         if raw.ndim == 2:
@@ -496,13 +585,19 @@ DATASET_KINDS: dict[str, Callable[..., SegDataset]] = {
 }
 
 
-def build_dataset(kind: str, root: str | os.PathLike, split: str | None) -> SegDataset:
-    """Build the dataset ``kind`` (``cityscapes``, ``camvid`` or ``folder``) at ``root`` for ``split``."""
+def build_dataset(kind: str, root: str | os.PathLike, split: str | None,
+                  cache: str | os.PathLike | None = None) -> SegDataset:
+    """Build the dataset ``kind`` (``cityscapes``, ``camvid`` or ``folder``) at ``root`` for ``split``.
+
+    ``cache``: a decoded-cache folder to read samples from (:meth:`SegDataset.use_cache`).
+    """
     if kind not in DATASET_KINDS:
         raise UserError(f"unknown dataset kind {kind!r}; valid kinds are {', '.join(sorted(DATASET_KINDS))}")
     if split is None and kind != "folder":
         raise UserError(f"dataset kind {kind!r} needs a split (e.g. 'train' or 'val'); set it in the config")
-    return DATASET_KINDS[kind](root, split)
+    dataset = DATASET_KINDS[kind](root, split)
+    dataset.use_cache(cache)
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,12 +609,17 @@ PipelineFn = Callable[[Any, Any, np.random.Generator], tuple[Any, Any]]
 class TrainSet(torch.utils.data.Dataset):
     """Training samples keyed by ``(index, sample_seed)`` pairs, as :class:`~segdistill.data.sampler.InfiniteSampler` yields.
 
+    ``train_set[(index, sample_seed)]`` is what the pipeline returns: a uint8
+    :class:`~segdistill.data.transforms.TrainSample` with :func:`~segdistill.data.transforms.build_train_pipeline`,
+    which the training device normalises and pads (:class:`~segdistill.data.preprocess.DataPreprocessor`).
+
     The augmentation generator is ``np.random.default_rng([seed, sample_seed])``, so a sample's
     augmentation depends only on the run seed and its position in the global stream: not on the
     number of workers, the world size or whether the run was resumed.
     """
 
-    def __init__(self, dataset: SegDataset, pipeline: PipelineFn, seed: int) -> None:
+    def __init__(self, dataset: SegDataset, pipeline: Callable[[np.ndarray, np.ndarray, np.random.Generator], Any],
+                 seed: int) -> None:
         self.dataset = dataset
         self.pipeline = pipeline
         self.seed = int(seed)
@@ -527,7 +627,7 @@ class TrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> TrainSample:
         if not isinstance(key, (tuple, list)) or len(key) != 2:
             raise TypeError(f"TrainSet keys are (index, sample_seed) pairs from InfiniteSampler, got {key!r}")
         index, sample_seed = int(key[0]), int(key[1])

@@ -1,4 +1,4 @@
-"""Distillation losses: channel-wise divergence (CWD) and the baselines it is compared with.
+"""Distillation losses: channel-wise divergence (CWD), the baselines it is compared with, DIST and MGD.
 
 Every loss is an ``nn.Module`` called as ``loss(preds_S, preds_T)`` on student and teacher maps
 of shape ``(N, C, H, W)`` and returns a 0-dim tensor that already includes its ``loss_weight``.
@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +28,16 @@ from segdistill.errors import UserError
 __all__ = [
     "AttentionTransfer",
     "ChannelWiseDivergence",
+    "DISTLoss",
     "DistillLoss",
     "FeatureMSE",
     "LOSSES",
     "LossInputError",
+    "MGDLoss",
     "PairwiseAffinity",
     "PixelWiseKD",
     "build_loss",
+    "standardize_logits",
 ]
 
 
@@ -89,6 +93,32 @@ def _check_maps(owner: str, preds_S: Tensor, preds_T: Tensor, *, same_channels: 
         how = ("set resize=True in the loss config to resize the student bilinearly"
                if resize_hint else "distill layers of the same stride")
         raise LossInputError(f"{owner}: student map {s} and teacher map {t} differ in spatial size; {how}")
+
+
+#: Added to the standard deviation in :func:`standardize_logits` (the authors' value): a constant
+#: row (standard deviation 0) becomes all zeros instead of NaN.
+STANDARDIZE_EPS = 1e-7
+
+
+def standardize_logits(x: Tensor, dim: int) -> Tensor:
+    """Z-score ``x`` along ``dim``: ``(x - mean) / (std + 1e-7)`` (logit standardization, Sun et al. CVPR 2024).
+
+    ``std`` is the unbiased (``n - 1``) estimate, as in the authors' ``normalize``; along an axis of
+    length 1 it is taken as 0, so the result is 0 there instead of NaN. Differentiable (plain autograd).
+    The result no longer depends on a shift ``a + b * x`` (``b > 0``) of each row along ``dim``, so a
+    student need not match the teacher's logit range, only the order and relative gaps of its logits.
+    """
+    correction = 1 if x.shape[dim] > 1 else 0
+    std, mean = torch.std_mean(x, dim=dim, keepdim=True, correction=correction)
+    return (x - mean) / (std + STANDARDIZE_EPS)
+
+
+def _maybe_standardize(x: Tensor, dim: int, dtype: torch.dtype, on: bool) -> Tensor:
+    # Standardize in the loss's compute dtype with autocast off, before the temperature.
+    if not on:
+        return x
+    with _no_autocast(x.device.type):
+        return standardize_logits(x.to(dtype), dim)
 
 
 class DistillLoss(nn.Module):
@@ -193,12 +223,16 @@ class ChannelWiseDivergence(DistillLoss):
         loss_weight: factor applied to the loss.
         resize: if the student map has another ``H, W`` than the teacher's, resize it
             bilinearly (``align_corners=False``) to the teacher's size instead of raising.
+        standardize: z-score every channel of both maps over its ``H*W`` positions (the softmax
+            axis) before dividing by ``tau`` (:func:`standardize_logits`).
     """
 
-    def __init__(self, tau: float = 1.0, loss_weight: float = 1.0, resize: bool = False) -> None:
+    def __init__(self, tau: float = 1.0, loss_weight: float = 1.0, resize: bool = False,
+                 standardize: bool = False) -> None:
         super().__init__(loss_weight)
         self.tau = _check_number("ChannelWiseDivergence", "tau", tau, positive=True)
         self.resize = bool(resize)
+        self.standardize = bool(standardize)
 
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Return the weighted CWD loss between student ``(N,C,h,w)`` and teacher ``(N,C,H,W)`` maps."""
@@ -210,10 +244,13 @@ class ChannelWiseDivergence(DistillLoss):
                 preds_S = F.interpolate(preds_S.to(_compute_dtype(preds_S)), size=(h, w), mode="bilinear",
                                         align_corners=False)
         scale = self.loss_weight * self.tau**2 / (n * c)
-        return _SoftmaxKLSum.apply(preds_S.reshape(n, c, h * w), preds_T.reshape(n, c, h * w), self.tau, 2, scale)
+        dtype = _compute_dtype(preds_S, preds_T)
+        s = _maybe_standardize(preds_S.reshape(n, c, h * w), 2, dtype, self.standardize)
+        t = _maybe_standardize(preds_T.reshape(n, c, h * w), 2, dtype, self.standardize)
+        return _SoftmaxKLSum.apply(s, t, self.tau, 2, scale)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, loss_weight={self.loss_weight}, resize={self.resize}"
+        return f"tau={self.tau}, loss_weight={self.loss_weight}, resize={self.resize}, standardize={self.standardize}"
 
 
 class PixelWiseKD(DistillLoss):
@@ -230,21 +267,94 @@ class PixelWiseKD(DistillLoss):
     Args:
         tau: softmax temperature.
         loss_weight: factor applied to the loss.
+        standardize: z-score every pixel's logits of both maps over the ``C`` classes (the softmax
+            axis) before dividing by ``tau`` (:func:`standardize_logits`).
     """
 
-    def __init__(self, tau: float = 1.0, loss_weight: float = 1.0) -> None:
+    def __init__(self, tau: float = 1.0, loss_weight: float = 1.0, standardize: bool = False) -> None:
         super().__init__(loss_weight)
         self.tau = _check_number("PixelWiseKD", "tau", tau, positive=True)
+        self.standardize = bool(standardize)
 
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Return the weighted pixel-wise KD loss between two ``(N,C,H,W)`` logit maps."""
         _check_maps("PixelWiseKD", preds_S, preds_T, same_channels=True, same_size=True)
         n, c, h, w = preds_T.shape
         scale = self.loss_weight * self.tau**2 / (n * h * w)
-        return _SoftmaxKLSum.apply(preds_S.reshape(n, c, h * w), preds_T.reshape(n, c, h * w), self.tau, 1, scale)
+        dtype = _compute_dtype(preds_S, preds_T)
+        s = _maybe_standardize(preds_S.reshape(n, c, h * w), 1, dtype, self.standardize)
+        t = _maybe_standardize(preds_T.reshape(n, c, h * w), 1, dtype, self.standardize)
+        return _SoftmaxKLSum.apply(s, t, self.tau, 1, scale)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, loss_weight={self.loss_weight}"
+        return f"tau={self.tau}, loss_weight={self.loss_weight}, standardize={self.standardize}"
+
+
+def _pearson(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation of matching vectors of ``a`` and ``b`` along ``dim`` of two 2-D tensors.
+
+    mmrazor's form: the cosine similarity of the centred vectors, with ``eps`` added to the product
+    of the norms, so a constant vector has correlation 0 with everything (no NaN).
+    """
+    a = a - a.mean(dim=dim, keepdim=True)
+    b = b - b.mean(dim=dim, keepdim=True)
+    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
+
+
+class DISTLoss(DistillLoss):
+    """DIST (Huang et al., NeurIPS 2022, "Knowledge Distillation from A Stronger Teacher"), segmentation form.
+
+    Every pixel's logits become class probabilities ``p = softmax_C(x / tau)``; DIST matches
+    *relations* instead of values, through Pearson correlations (``rho``) of those probabilities::
+
+        inter = 1 - mean_{n,h,w} rho_C( p_S[n,:,h,w], p_T[n,:,h,w] )   (each pixel's class ranking)
+        intra = 1 - mean_c  rho_{N*H*W}( p_S[:,c], p_T[:,c] )           (each class over every pixel of the batch)
+        loss  = loss_weight * tau**2 * (inter_weight * inter + intra_weight * intra)
+
+    This is mmrazor's ``DISTLoss`` applied to the ``N*H*W`` per-pixel rows of the maps, as the
+    DIST authors' segmentation code does (``x.transpose(1, 3).reshape(-1, C)``); with ``tau=1`` it
+    is also the authors' segmentation loss (they use no temperature). The intra-class term
+    correlates each class over all pixels of the *batch*, so it depends on what else is in the
+    batch (and, under DDP, on the local batch of each process). The teacher is detached, as in
+    mmrazor. Computed in float32 under plain autograd.
+
+    Args:
+        tau: softmax temperature; ``tau**2`` scales both terms as in mmrazor.
+        inter_weight: weight of the inter-class (per-pixel) term (mmrazor's ``inter_loss_weight``, beta).
+        intra_weight: weight of the intra-class (per-class) term (mmrazor's ``intra_loss_weight``, gamma).
+        loss_weight: factor applied to the loss.
+        standardize: z-score every pixel's logits over the ``C`` classes before dividing by ``tau``.
+    """
+
+    def __init__(self, tau: float = 1.0, inter_weight: float = 1.0, intra_weight: float = 1.0,
+                 loss_weight: float = 1.0, standardize: bool = False) -> None:
+        super().__init__(loss_weight)
+        self.tau = _check_number("DISTLoss", "tau", tau, positive=True)
+        self.inter_weight = _check_number("DISTLoss", "inter_weight", inter_weight, positive=False)
+        self.intra_weight = _check_number("DISTLoss", "intra_weight", intra_weight, positive=False)
+        self.standardize = bool(standardize)
+
+    def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
+        """Return the weighted DIST loss between two ``(N,C,H,W)`` logit maps."""
+        _check_maps("DISTLoss", preds_S, preds_T, same_channels=True, same_size=True)
+        dtype = _compute_dtype(preds_S, preds_T)
+        c = preds_S.shape[1]
+        with _no_autocast(preds_S.device.type):
+            # One row of C logits per pixel, contiguous along C. The row layout is not only
+            # mmrazor's: the softmax along a contiguous last dim is also rounded better than along
+            # dim 1 of an (N,C,H,W) map, which matters where the Pearson gradient is ill-conditioned
+            # (near-uniform rows, e.g. two classes: 1.2e-4 against 5e-6 of the peak gradient).
+            rows_s = preds_S.transpose(1, 3).reshape(-1, c).to(dtype)
+            rows_t = preds_T.detach().transpose(1, 3).reshape(-1, c).to(dtype)
+            p_s = torch.softmax(_maybe_standardize(rows_s, 1, dtype, self.standardize) / self.tau, dim=1)
+            p_t = torch.softmax(_maybe_standardize(rows_t, 1, dtype, self.standardize) / self.tau, dim=1)
+            inter = 1 - _pearson(p_s, p_t, dim=1).mean()  # each pixel's row of classes
+            intra = 1 - _pearson(p_s, p_t, dim=0).mean()  # each class's column of pixels
+            return (self.inter_weight * inter + self.intra_weight * intra) * (self.loss_weight * self.tau**2)
+
+    def extra_repr(self) -> str:
+        return (f"tau={self.tau}, inter_weight={self.inter_weight}, intra_weight={self.intra_weight}, "
+                f"loss_weight={self.loss_weight}, standardize={self.standardize}")
 
 
 class PairwiseAffinity(DistillLoss):
@@ -356,12 +466,47 @@ class FeatureMSE(DistillLoss):
         return f"loss_weight={self.loss_weight}"
 
 
+class MGDLoss(DistillLoss):
+    """The loss of MGD (Yang et al., ECCV 2022, "Masked Generative Distillation"), as mmrazor's ``MGDLoss``.
+
+    The student map is what :class:`~segdistill.distill.connectors.MGDConnector` *generated* from
+    the masked student feature; it is regressed onto the teacher feature with a summed squared
+    error, averaged over the batch only::
+
+        loss = loss_weight * alpha_mgd / N * sum_{n,c,h,w} (S - T)**2
+
+    The sum over ``C*H*W`` makes the value grow with the map size, hence the small ``alpha_mgd``
+    (mmrazor's default 2e-5). Shapes must match exactly.
+
+    Args:
+        alpha_mgd: mmrazor's weight of the loss.
+        loss_weight: further factor (the term's ``weight``); 1 gives mmrazor's loss.
+    """
+
+    def __init__(self, alpha_mgd: float = 2e-5, loss_weight: float = 1.0) -> None:
+        super().__init__(loss_weight)
+        self.alpha_mgd = _check_number("MGDLoss", "alpha_mgd", alpha_mgd, positive=True)
+
+    def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
+        """Return ``loss_weight * alpha_mgd * sum((S - T)**2) / N`` for two maps of identical shape."""
+        _check_maps("MGDLoss", preds_S, preds_T, same_channels=True, same_size=True)
+        dtype = _compute_dtype(preds_S, preds_T)
+        with _no_autocast(preds_S.device.type):
+            diff = preds_S.to(dtype) - preds_T.to(dtype)
+            return diff.square().sum() / preds_T.shape[0] * (self.alpha_mgd * self.loss_weight)
+
+    def extra_repr(self) -> str:
+        return f"alpha_mgd={self.alpha_mgd}, loss_weight={self.loss_weight}"
+
+
 LOSSES: dict[str, type[DistillLoss]] = {
     "cwd": ChannelWiseDivergence,
     "kd": PixelWiseKD,
     "pairwise": PairwiseAffinity,
     "at": AttentionTransfer,
     "mse": FeatureMSE,
+    "dist": DISTLoss,
+    "mgd": MGDLoss,
 }
 
 

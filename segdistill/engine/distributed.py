@@ -1,7 +1,7 @@
 """torchrun's environment, process groups and the few collectives the loop needs.
 
 Every rank runs the same code; only rank 0 writes logs and checkpoints. Nothing here patches
-``print``: callers ask :func:`is_main` explicitly.
+``print``: callers ask ``DistEnv.is_main`` explicitly.
 """
 
 from __future__ import annotations
@@ -73,11 +73,6 @@ def elastic_restarts_allowed() -> bool:
     return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
-def is_main() -> bool:
-    """True on rank 0 or outside a process group."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -98,15 +93,6 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     all_reduce_sum(t)
     t /= dist.get_world_size()
     return dict(zip(values, t.tolist()))
-
-
-def broadcast_object(obj: object) -> object:
-    """Rank 0's ``obj`` on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def cleanup() -> None:

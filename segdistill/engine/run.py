@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config
+from ..data.preprocess import DataPreprocessor
 from ..distill.distiller import DistillStudent, check_compatible, tap_channels
 from ..distill.teacher import FrozenTeacher, ReferenceCostTeacher
 from ..errors import UserError
@@ -155,6 +156,7 @@ class TrainingRun:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     global_batch: int
+    preprocessor: DataPreprocessor = field(default_factory=DataPreprocessor)
 
     @property
     def student(self) -> EncoderDecoder:

@@ -10,7 +10,7 @@ stop was requested (one collective), and the step is applied (clip, optimizer, s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,16 +45,24 @@ class StepResult:
     lr: float
 
 
-def _to_device(batch: Batch, run: TrainingRun) -> Batch:
-    image, label = batch
+def to_device(batch: Sequence[torch.Tensor], run: TrainingRun) -> Batch:
+    """Move a batch to the run's device; a uint8 batch from the loader is normalised and padded there.
+
+    The loader's batches are ``(uint8 image, label, valid_hw)`` (see
+    :class:`~segdistill.data.preprocess.DataPreprocessor`); ``(float image, label)`` pairs that are
+    already network input (the benchmark's synthetic batch, tests) pass through.
+    """
+    image, label = batch[0], batch[1]
     image = image.to(run.env.device, non_blocking=True)
     label = label.to(run.env.device, non_blocking=True)
+    if image.dtype == torch.uint8:
+        image, label = run.preprocessor(image, label, batch[2] if len(batch) > 2 else None)
     if run.cfg.student.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     return image, label
 
 
-def train_step(run: TrainingRun, batches: Iterator[Batch], it: int, stop_signal: Callable[[], int] | None = None,
+def train_step(run: TrainingRun, batches: Iterator[Sequence[torch.Tensor]], it: int, stop_signal: Callable[[], int] | None = None,
                hooks: StepHooks | None = None) -> StepResult:
     """Train iteration ``it`` (0-based) on the next ``train.accumulate`` batches of ``batches``.
 
@@ -70,7 +78,7 @@ def train_step(run: TrainingRun, batches: Iterator[Batch], it: int, stop_signal:
     sums: dict[str, torch.Tensor] = {}
     finite = True
     for k in range(micro):
-        image, label = _to_device(next(batches), run)
+        image, label = to_device(next(batches), run)
         hooks.mark("data")
         teacher_out = run.teacher(image, label) if run.distills else None  # type: ignore[misc]
         hooks.mark("teacher")

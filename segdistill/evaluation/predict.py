@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -29,6 +29,7 @@ from ..data.transforms import rescale_size
 from ..errors import UserError
 from ..fileio import atomic_path
 from ..models.segmentor import MEAN_RGB, STD_RGB, EncoderDecoder
+from ..progress import progress_bar
 
 __all__ = ["ImageSource", "collect_images", "default_palette", "normalize_image", "colorize", "overlay", "predict"]
 
@@ -174,7 +175,7 @@ def predict(
     scales: Sequence[float] = (1.0,),
     eval_scale: tuple[int, int] | None = None,
     opacity: float = 0.5,
-    on_image: Callable[[int, int, Path], None] | None = None,
+    progress: bool = False,
 ) -> list[Path]:
     """Segment every input image and write ``<stem>_pred.png`` and ``<stem>_overlay.jpg`` into ``out_dir``.
 
@@ -191,7 +192,7 @@ def predict(
             ratio (the config's ``data.eval_scale``); ``None`` runs at the native size. Either way the
             prediction has the size of the original image.
         opacity: weight of the colour mask in the overlay, in ``[0, 1]``.
-        on_image: called as ``on_image(index, total, pred_path)`` after each image (progress display).
+        progress: show a progress bar (or periodic lines) on stderr.
 
     Returns:
         Every file written, in input order: ``[pred_0, overlay_0, pred_1, overlay_1, ...]``.
@@ -206,24 +207,31 @@ def predict(
     plan = _plan(inputs, out_path)
     model.eval().to(device)
     written: list[Path] = []
-    for k, (image_path, stem) in enumerate(plan):
-        rgb = read_image(image_path)
-        h, w = rgb.shape[:2]
-        net_rgb = rgb
-        if eval_scale is not None:
-            nh, nw = rescale_size((h, w), tuple(eval_scale))
-            if (nh, nw) != (h, w):
-                # Same resize as the evaluation pipeline: bilinear on the uint8 image, before normalising.
-                net_rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        x = normalize_image(net_rgb, device)
-        scores = model.inference(x, mode=mode, crop_size=crop_size, stride=stride, flip=flip,
-                                 scales=scales, out_size=(h, w))
-        pred = scores[0].argmax(dim=0).to("cpu", torch.uint8).numpy()
-        pred_path = stem.parent / f"{stem.name}_pred.png"
-        overlay_path = stem.parent / f"{stem.name}_overlay.jpg"
-        _save_index_png(pred, colors, pred_path)
-        _save_jpeg(overlay(rgb, colorize(pred, colors), opacity), overlay_path)
-        written += [pred_path, overlay_path]
-        if on_image is not None:
-            on_image(k, len(plan), pred_path)
+    with progress_bar(len(plan), "predict", unit="img", enabled=progress) as bar:
+        for image_path, stem in plan:
+            written += _predict_one(model, image_path, stem, colors, device, mode, crop_size, stride, flip, scales,
+                                    eval_scale, opacity)
+            bar.update(1)
     return written
+
+
+def _predict_one(model: EncoderDecoder, image_path: Path, stem: Path, colors: np.ndarray, device: torch.device,
+                 mode: str, crop_size: Sequence[int] | None, stride: Sequence[int] | None, flip: bool,
+                 scales: Sequence[float] | None, eval_scale: Sequence[int] | None, opacity: float) -> list[Path]:
+    rgb = read_image(image_path)
+    h, w = rgb.shape[:2]
+    net_rgb = rgb
+    if eval_scale is not None:
+        nh, nw = rescale_size((h, w), tuple(eval_scale))
+        if (nh, nw) != (h, w):
+            # Same resize as the evaluation pipeline: bilinear on the uint8 image, before normalising.
+            net_rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    x = normalize_image(net_rgb, device)
+    scores = model.inference(x, mode=mode, crop_size=crop_size, stride=stride, flip=flip,
+                             scales=scales, out_size=(h, w))
+    pred = scores[0].argmax(dim=0).to("cpu", torch.uint8).numpy()
+    pred_path = stem.parent / f"{stem.name}_pred.png"
+    overlay_path = stem.parent / f"{stem.name}_overlay.jpg"
+    _save_index_png(pred, colors, pred_path)
+    _save_jpeg(overlay(rgb, colorize(pred, colors), opacity), overlay_path)
+    return [pred_path, overlay_path]

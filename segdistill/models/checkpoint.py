@@ -2,7 +2,8 @@
 
 Read: a bare state dict, mmseg/mmengine's ``{"meta", "state_dict", ...}``, DDP's ``module.`` prefixes,
 mmrazor distillation checkpoints (the student lives under ``architecture.``, the teacher under
-``teacher.``), and ImageNet backbone checkpoints (``open-mmlab://resnetXX_v1c``) into a backbone.
+``teacher.``), and ImageNet backbone checkpoints (``open-mmlab://resnetXX_v1c``, ``mmcls://mobilenet_v2``)
+into a backbone.
 Write: ``{"meta": ..., "state_dict": ...}`` with mmseg's key names, which mmseg's loader accepts.
 """
 
@@ -170,15 +171,30 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, strict: bo
 
 
 def load_backbone_checkpoint(backbone: nn.Module, path_or_url: str | os.PathLike) -> Mismatch:
-    """Load ImageNet weights in mmseg's ``resnetXX_v1c`` format into a backbone.
+    """Load ImageNet weights into a backbone: mmseg's ``resnetXX_v1c`` or mmcls's ``mobilenet_v2``.
 
-    The classifier (``fc.*``) is dropped; a full segmentor checkpoint is accepted too (its
-    ``backbone.*`` part is used). Every backbone parameter must be present.
+    Keys may be plain (``open-mmlab://resnet18_v1c``) or ``backbone.``-prefixed (mmcls's classifier
+    checkpoints such as ``mmcls://mobilenet_v2``, i.e. ``mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth``;
+    a full segmentor checkpoint too): with the prefix only the ``backbone.*`` part is used, which
+    leaves out mmcls's ``head.*``. The classifier ``fc.*`` and the layers that only feed the ImageNet
+    classifier (the backbone's ``IMAGENET_ONLY_PREFIXES``, e.g. MobileNetV2's 1280-channel ``conv2``)
+    are dropped. Everything else must match: a missing, unexpected or wrongly shaped key is a
+    :class:`UserError` that lists them in one line.
+
+    A backbone that wraps an ImageNet network names it in ``PRETRAINED_CHILD`` (STDC's context path:
+    ``backbone``, the STDCNet). Weights keyed for that child alone (mmseg's converted
+    ``stdc1_20220308-5368626c.pth``: ``stages.0.conv.weight``, ``stages.2.0.layers.0.conv.weight``, ...)
+    load into it, strictly, and the wrapper's own layers keep their init, as mmseg's
+    ``backbone_cfg.init_cfg`` does; a full segmentor checkpoint's ``backbone.*`` part loads into the whole.
     """
     sd = extract_state_dict(read_checkpoint(path_or_url))
     if any(k.startswith("backbone.") for k in sd):
         sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    child = getattr(backbone, "PRETRAINED_CHILD", None)
+    if child is not None and not any(k.startswith(f"{child}.") for k in sd):
+        backbone = getattr(backbone, child)
+    dropped = ("fc.", *getattr(backbone, "IMAGENET_ONLY_PREFIXES", ()))
+    sd = {k: v for k, v in sd.items() if not k.startswith(dropped)}
     return load_state_dict(backbone, sd, strict=True, source=f"backbone checkpoint {path_or_url}")
 
 

@@ -9,8 +9,9 @@ also loads with ``torch.load(weights_only=True)``, the safe loader mmengine uses
 
 - input ``image``: float32 ``(1, 3, H, W)``, RGB, normalised as ``(pixel - MEAN_RGB) / STD_RGB`` on the
   0-255 scale (mean 123.675 116.28 103.53, std 58.395 57.12 57.375);
-- output ``logits``: float32 ``(1, C, H, W)``, the decode head's logits resized bilinearly
-  (``align_corners=False``) to the input size; ``argmax`` over dim 1 gives the class ids.
+- output ``logits``: float32 ``(1, C, H, W)``, the decode head's logits resized bilinearly to the input
+  size with the head's ``align_corners`` (``False`` except STDC's ``True``), exactly as
+  :meth:`EncoderDecoder.inference`; ``argmax`` over dim 1 gives the class ids.
 
 Resize images to ``(H, W)`` before feeding them (the graph does not accept other sizes).
 """
@@ -177,7 +178,8 @@ class LogitsAtInputSize(nn.Module):
         self.input_size = input_size
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return resize(self.model(image, with_aux=False)["decode"], self.input_size)
+        return resize(self.model(image, with_aux=False)["decode"], self.input_size,
+                      self.model.decode_head.align_corners)
 
 
 def _require(module: str, what: str) -> None:
