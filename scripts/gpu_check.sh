@@ -107,7 +107,8 @@ run tests 180 "$py" -m pytest tests/test_cuda.py -m cuda -q -rs -p no:cacheprovi
 for b in $bench_batches; do
   # shellcheck disable=SC2086  # bench_crop is two numbers
   run "bench_b$b" 100 "$venv/bin/segdistill" bench "$bench_cfg" --synthetic --compare --crop $bench_crop \
-    --batch "$b" --iters "$bench_iters" --warmup "$bench_warmup" --json "$out/bench_b$b.json" "train.device=$device"
+    --batch "$b" --iters "$bench_iters" --warmup "$bench_warmup" --json "$out/bench_b$b.json" "train.device=$device" \
+    train.global_batch=null  # a step at batch b, not the recipe's global batch of 8
 done
 
 # ---- 3. CamVid at full resolution: a 300-iteration teacher, then a 300-iteration CWD student ----------
@@ -115,6 +116,7 @@ if [ -d "$camvid" ]; then
   common=("data.root=$camvid" "data.scale=$cv_scale" "data.crop_size=$cv_crop" "data.eval_scale=$cv_eval"
           "data.workers=$cv_workers" "train.device=$device" "train.iters=$cv_iters" "train.batch_size=$cv_batch"
           "train.eval_interval=$cv_iters" "train.checkpoint_interval=$cv_iters" "train.log_interval=50"
+          "train.global_batch=null"
           "optim.warmup_iters=$(( cv_iters / 16 ))")
   # shellcheck disable=SC2086  # cv_models holds zero or more overrides
   run camvid_teacher 150 "$venv/bin/segdistill" train configs/camvid/pspnet_r50-d8_teacher.yaml \

@@ -31,7 +31,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     # Training pipeline: RandomResize(scale, ratio_range) -> RandomCrop(crop_size, cat_max_ratio)
-    # -> RandomFlip -> PhotoMetricDistortion -> Normalize -> Pad.
+    # -> RandomFlip -> PhotoMetricDistortion in the workers (uint8); Normalize -> Pad on the device.
     scale: tuple[int, int] = (2048, 1024)
     ratio_range: tuple[float, float] = (0.5, 2.0)
     crop_size: tuple[int, int] = (512, 1024)
@@ -43,6 +43,8 @@ class DataConfig:
     workers: int = 4
     pin_memory: bool = True
     persistent_workers: bool = True
+    # Decoded-image cache folder (raw uint8, memory-mapped; `segdistill prepare cache CONFIG`); null = decode files.
+    cache: Optional[str] = None
 
 
 @dataclass
@@ -103,17 +105,37 @@ class DistillConfig:
 
 
 @dataclass
-class OptimConfig:
-    """SGD with poly decay, as the reference: lr(it) = (lr - min_lr) * (1 - it/iters)^power + min_lr."""
+class ParamRule:
+    """mmengine's ``paramwise_cfg.custom_keys`` entry: parameters whose name contains ``key`` get these
+    multipliers of the learning rate and the weight decay (the longest matching key wins)."""
 
+    key: str = ""
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer and the learning-rate schedule (a pure function of the iteration).
+
+    lr(it) = (lr - min_lr) * (1 - it/iters)^power + min_lr, with an optional linear warm-up from
+    ``lr * warmup_ratio``; ``schedule`` says how the two compose (see :func:`~segdistill.engine.schedule.poly_lr`).
+    """
+
+    type: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
     weight_decay: float = 0.0005
     norm_weight_decay: Optional[float] = None  # weight decay on norm layers and biases; null = same as above
+    paramwise: list[ParamRule] = field(default_factory=list)  # e.g. SegFormer: head lr x10, no decay on norms
     power: float = 0.9
     min_lr: float = 0.0001
     warmup_iters: int = 0
-    warmup_ratio: float = 0.1  # linear warm-up starts at lr * warmup_ratio
+    warmup_ratio: float = 0.1  # linear warm-up starts at lr * warmup_ratio (mmengine's LinearLR start_factor)
+    # "mmengine": exactly mmseg 1.x's LinearLR then PolyLR; "scaled_warmup": segdistill 0.1's form (the CamVid
+    # study keeps it). See segdistill.engine.schedule.poly_lr.
+    schedule: Literal["mmengine", "scaled_warmup"] = "mmengine"
     grad_clip: Optional[float] = None  # max global grad norm
 
 
@@ -286,6 +308,13 @@ def validate(cfg: Config) -> Config:
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(cfg.optim.warmup_iters >= 0, "optim.warmup_iters", "must be >= 0")
     need(0 < cfg.optim.warmup_ratio <= 1, "optim.warmup_ratio", "must be in (0, 1]")
+    need(cfg.optim.warmup_iters < cfg.train.iters, "optim.warmup_iters", "must be below train.iters")
+    need(all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas", "must be two numbers in [0, 1)")
+    for i, rule in enumerate(cfg.optim.paramwise):
+        need(bool(rule.key), f"optim.paramwise.{i}.key", "must be a non-empty part of a parameter name")
+        need(math.isfinite(rule.lr_mult) and rule.lr_mult >= 0, f"optim.paramwise.{i}.lr_mult", "must be >= 0")
+        need(math.isfinite(rule.decay_mult) and rule.decay_mult >= 0, f"optim.paramwise.{i}.decay_mult",
+             "must be >= 0")
     need(cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, "optim.grad_clip", "must be > 0 or null")
     need(cfg.train.iters > 0, "train.iters", f"must be > 0, got {cfg.train.iters}")
     need(cfg.train.batch_size > 0, "train.batch_size", "must be > 0")

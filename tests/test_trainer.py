@@ -30,12 +30,40 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=False)["state_dict"]
 
 
-def test_poly_lr_is_mmseg_poly_with_optional_warmup() -> None:
-    assert poly_lr(0, 0.01, 100, 0.9, 1e-4) == pytest.approx(0.01)
-    assert poly_lr(100, 0.01, 100, 0.9, 1e-4) == pytest.approx(1e-4)
-    assert poly_lr(50, 0.01, 100, 0.9, 1e-4) == pytest.approx((0.01 - 1e-4) * 0.5**0.9 + 1e-4)
-    assert poly_lr(0, 0.01, 100, 0.9, 0.0, warmup_iters=10, warmup_ratio=0.1) == pytest.approx(0.001)
-    assert poly_lr(10, 0.01, 100, 0.9, 0.0, warmup_iters=10) == pytest.approx(0.01 * 0.9**0.9)
+def _mmengine_chained(base: float, iters: int, power: float, eta_min: float, warmup: int, start: float) -> list[float]:
+    """mmengine's LinearLR then PolyLR as its schedulers step them (chained form, span end - begin - 1)."""
+    lrs, lr = [], base
+    schedulers = ([("linear", 0, warmup)] if warmup else []) + [("poly", warmup, iters)]
+    steps = dict.fromkeys(range(len(schedulers)), -1)
+    for t in range(iters):
+        for k, (kind, begin, end) in enumerate(schedulers):
+            if not begin <= t < end:
+                continue
+            steps[k] += 1
+            last, total = steps[k], end - begin - 1
+            if kind == "linear":
+                lr = lr * start if last == 0 else lr * (1 + (1 - start) / (total * start + (last - 1) * (1 - start)))
+            elif last > 0:
+                lr = (lr - eta_min) * (1 - 1 / (total - last + 1)) ** power + eta_min
+        lrs.append(lr)
+    return lrs
+
+
+@pytest.mark.parametrize("iters,power,eta_min,warmup,start", [(100, 0.9, 1e-4, 0, 0.1), (120, 1.0, 0.0, 15, 1e-6),
+                                                             (80, 0.9, 1e-4, 10, 0.1)])
+def test_the_schedule_is_mmengines_linear_then_poly(iters: int, power: float, eta_min: float, warmup: int,
+                                                    start: float) -> None:
+    want = _mmengine_chained(0.01, iters, power, eta_min, warmup, start)
+    got = [poly_lr(t, 0.01, iters, power, eta_min, warmup, start, "mmengine") for t in range(iters)]
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-15)
+    assert got[-1] == pytest.approx(eta_min, abs=1e-15)  # mmengine reaches eta_min at the last iteration
+
+
+def test_the_scaled_warmup_schedule_of_the_camvid_study() -> None:
+    assert poly_lr(0, 0.01, 100, 0.9, 1e-4, schedule="scaled_warmup") == pytest.approx(0.01)
+    assert poly_lr(50, 0.01, 100, 0.9, 1e-4, schedule="scaled_warmup") == pytest.approx((0.01 - 1e-4) * 0.5**0.9 + 1e-4)
+    assert poly_lr(0, 0.01, 100, 0.9, 0.0, 10, 0.1, "scaled_warmup") == pytest.approx(0.001)
+    assert poly_lr(10, 0.01, 100, 0.9, 0.0, 10, 0.1, "scaled_warmup") == pytest.approx(0.01 * 0.9**0.9)
 
 
 def test_a_run_writes_config_metrics_and_mmseg_checkpoints(tiny_dataset: Path, tmp_path: Path) -> None:

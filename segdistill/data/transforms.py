@@ -107,7 +107,7 @@ def class_counts(label: np.ndarray) -> np.ndarray:
     2**24 pixels, larger arrays take numpy's path.
     """
     if label.dtype == np.uint8 and label.ndim == 2 and 0 < label.size < 2**24 and label.strides[1] == 1:
-        return cv2.calcHist([label], [0], None, [256], [0, 255]).ravel().astype(np.int64)
+        return cv2.calcHist([label], [0], None, [256], [0, 256]).ravel().astype(np.int64)
     return np.bincount(label.ravel(), minlength=256)
 
 

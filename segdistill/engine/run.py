@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..config import Config
+from ..config import Config, ParamRule
 from ..data.preprocess import DataPreprocessor
 from ..distill.distiller import DistillStudent, check_compatible, tap_channels
 from ..distill.teacher import FrozenTeacher, ReferenceCostTeacher
@@ -88,16 +88,44 @@ def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float
             {"params": no_decay, "weight_decay": norm_weight_decay}]
 
 
+def paramwise_groups(model: nn.Module, weight_decay: float, rules: list[ParamRule],
+                     strip_prefix: str = "student.") -> list[dict[str, Any]]:
+    """One group per parameter, with mmengine's ``custom_keys`` semantics: the longest key (then the
+    alphabetically first) that is a substring of the parameter's name sets ``lr_mult`` and the weight
+    decay's ``decay_mult``. Names are the segmentor's own (``decode_head.conv_seg.weight``), as in mmseg."""
+    keys = sorted(sorted(r.key for r in rules), key=len, reverse=True)
+    by_key = {r.key: r for r in rules}
+    groups: list[dict[str, Any]] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        name = name.removeprefix(strip_prefix)
+        rule = next((by_key[k] for k in keys if k in name), None)
+        lr_mult = rule.lr_mult if rule else 1.0
+        decay = weight_decay * (rule.decay_mult if rule else 1.0)
+        groups.append({"params": [p], "weight_decay": decay, "lr_mult": lr_mult, "name": name})
+    return groups
+
+
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """The configured optimizer over ``model``'s trainable parameters (student + connectors)."""
-    return torch.optim.SGD(param_groups(model, cfg.optim.weight_decay, cfg.optim.norm_weight_decay),
-                           lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    """The configured optimizer over ``model``'s trainable parameters (student + connectors).
+
+    Each param group may carry ``lr_mult``; the step sets ``lr = lr_at(it) * lr_mult`` on every group.
+    """
+    o = cfg.optim
+    if o.paramwise:
+        groups = paramwise_groups(model, o.weight_decay, o.paramwise)
+    else:
+        groups = param_groups(model, o.weight_decay, o.norm_weight_decay)
+    if o.type == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
 
 
 def lr_at(cfg: Config, it: int) -> float:
     """The learning rate of iteration ``it``: a pure function of the iteration (no scheduler state)."""
     o = cfg.optim
-    return poly_lr(it, o.lr, cfg.train.iters, o.power, o.min_lr, o.warmup_iters, o.warmup_ratio)
+    return poly_lr(it, o.lr, cfg.train.iters, o.power, o.min_lr, o.warmup_iters, o.warmup_ratio, o.schedule)
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
