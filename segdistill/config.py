@@ -87,7 +87,10 @@ class DistillTerm:
     weight: float = 5.0
     tau: float = 1.0  # cwd, kd, dist
     connector: Optional[Literal["convbn", "convbnrelu", "identity", "mgd"]] = None  # mgd: required by (only) type mgd
-    resize: bool = False  # cwd: resize the student map to the teacher's size instead of refusing
+    # When the two maps differ in H, W (e.g. a stride-4 student, a stride-8 teacher): "student" resizes the
+    # teacher's map to the student's, "teacher" the student's (after its connector) to the teacher's, both
+    # bilinear with align_corners=False; "none" refuses in one line. See docs/losses.md.
+    align: Literal["none", "student", "teacher"] = "none"
     pool_size: Optional[int] = None  # pairwise: average-pool both maps to this size first (memory is O((HW)^2))
     p: float = 2.0  # at: the exponent of the attention map
     inter_weight: float = 1.0  # dist: weight of the inter-class relation (each pixel's classes)

@@ -330,3 +330,18 @@ def test_warnings_stop_after_a_few_per_process(city: CityscapesDataset, tmp_path
                 city.load(i)
     messages = cache_warnings(record)
     assert len(messages) == 10 and "not shown" in messages[-1] and "missing" in messages[0]
+
+
+def test_prepare_cache_command(city: CityscapesDataset, tmp_path: Path, capsys) -> None:
+    from segdistill.cli import main
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"data:\n  kind: cityscapes\n  root: {city.root}\n")
+    assert main(["prepare", "cache", str(config), "--nproc", "1", "--no-progress"]) == 2  # no data.cache set
+    assert "data.cache" in capsys.readouterr().err
+    argv = ["prepare", "cache", str(config), f"data.cache={tmp_path / 'c'}", "--nproc", "2", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "4 of 4 samples to decode" in out[0] and "4 samples written" in out[-1]
+    assert main(argv) == 0
+    assert "4 already up to date" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from torch import nn
 from segdistill.config import Config, DistillTerm, load_config
 from segdistill.distill.distiller import DistillStudent, tap_channels
 from segdistill.distill.losses import ChannelWiseDivergence, PixelWiseKD
-from segdistill.engine.run import check_global_batch, effective_global_batch
+from segdistill.engine.run import check_global_batch, effective_global_batch, lr_at
 from segdistill.errors import UserError
 from segdistill.models import build_segmentor
 
@@ -143,7 +143,7 @@ def test_feature_term_goes_through_its_connector(case: dict) -> None:
 
 CITYSCAPES = sorted((REPO / "configs" / "cityscapes").glob("*.yaml"))
 RECIPE_TERM = {"type": "cwd", "student": "decode_head.conv_seg", "teacher": "decode_head.conv_seg",
-               "tau": 1.0, "weight": 5.0, "connector": None, "resize": False, "standardize": False}
+               "tau": 1.0, "weight": 5.0, "connector": None, "standardize": False}
 
 
 def test_the_cityscapes_configs_are_the_four_documented_ones() -> None:
@@ -161,8 +161,11 @@ def test_cityscapes_config_is_the_recipe(path: Path) -> None:
     cfg: Config = load_config(path)
     # SGD lr 0.01, momentum 0.9, weight decay 5e-4 on every parameter; poly power 0.9 down to 1e-4, no warm-up.
     o = cfg.optim
-    assert (o.lr, o.momentum, o.weight_decay, o.norm_weight_decay) == (0.01, 0.9, 5e-4, None)
-    assert (o.power, o.min_lr, o.warmup_iters, o.grad_clip) == (0.9, 1e-4, 0, None)
+    assert (o.type, o.lr, o.momentum, o.weight_decay, o.norm_weight_decay, o.paramwise) == (
+        "sgd", 0.01, 0.9, 5e-4, None, [])
+    assert (o.power, o.min_lr, o.warmup_iters, o.grad_clip, o.schedule) == (0.9, 1e-4, 0, None, "mmengine")
+    assert lr_at(cfg, 0) == 0.01 and lr_at(cfg, 79999) == pytest.approx(1e-4, rel=1e-9)
+    assert lr_at(cfg, 40000) == pytest.approx((0.01 - 1e-4) * (1 - 40000 / 79999) ** 0.9 + 1e-4, rel=1e-12)
     # 80k iterations of global batch 8 = 4 GPUs x 2 ("4xb2"), float32.
     t = cfg.train
     assert (t.iters, t.batch_size, t.accumulate, t.global_batch, t.amp) == (80000, 2, 1, 8, "none")

@@ -297,20 +297,20 @@ def test_cwd_non_contiguous_inputs() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# CWD: shapes and resize
+# CWD: shapes (the spatial alignment of a term lives in the distiller: tests/test_align.py)
 
 
 def test_cwd_spatial_mismatch_is_a_one_line_user_error() -> None:
     with pytest.raises(UserError) as err:
         ChannelWiseDivergence()(torch.randn(2, 19, 32, 64), torch.randn(2, 19, 64, 128))
     msg = str(err.value)
-    assert "(2, 19, 32, 64)" in msg and "(2, 19, 64, 128)" in msg and "resize" in msg and "\n" not in msg
+    assert "(2, 19, 32, 64)" in msg and "(2, 19, 64, 128)" in msg and "align: student" in msg and "\n" not in msg
     assert isinstance(err.value, ValueError) and isinstance(err.value, LossInputError)
 
 
-def test_cwd_channel_mismatch_suggests_a_connector_even_with_resize() -> None:
+def test_cwd_channel_mismatch_suggests_a_connector() -> None:
     with pytest.raises(UserError, match=r"connector.*build_connector\('convbn', 128, 512\)"):
-        ChannelWiseDivergence(resize=True)(torch.randn(1, 128, 8, 8), torch.randn(1, 512, 8, 8))
+        ChannelWiseDivergence()(torch.randn(1, 128, 8, 8), torch.randn(1, 512, 8, 8))
 
 
 @pytest.mark.parametrize(("s_shape", "t_shape", "what"), [
@@ -321,21 +321,6 @@ def test_cwd_channel_mismatch_suggests_a_connector_even_with_resize() -> None:
 def test_cwd_bad_shapes(s_shape: tuple[int, ...], t_shape: tuple[int, ...], what: str) -> None:
     with pytest.raises(UserError, match=re.escape(what)):
         ChannelWiseDivergence()(torch.randn(*s_shape), torch.randn(*t_shape))
-
-
-def test_cwd_resize_student_to_teacher() -> None:
-    g = torch.Generator().manual_seed(13)
-    s = torch.randn(2, 4, 5, 7, generator=g, requires_grad=True)
-    t = torch.randn(2, 4, 10, 14, generator=g)
-    loss = ChannelWiseDivergence(tau=2.0, loss_weight=3.0, resize=True)(s, t)
-    loss.backward()
-    up = F.interpolate(s.detach().double(), size=(10, 14), mode="bilinear", align_corners=False)
-    expected = _np_cwd(up.numpy(), t.double().numpy(), tau=2.0, w=3.0)
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert s.grad is not None and s.grad.shape == s.shape and float(s.grad.abs().sum()) > 0
-    # equal sizes with resize=True: no resize, same value as without
-    same = torch.randn(2, 4, 10, 14, generator=g)
-    assert float(ChannelWiseDivergence(resize=True)(same, t)) == float(ChannelWiseDivergence()(same, t))
 
 
 def test_cwd_bad_hyperparameters() -> None:
@@ -513,5 +498,5 @@ def test_registry_and_build_loss() -> None:
     with pytest.raises(UserError) as err:
         build_loss("cwdd")
     assert "'cwdd'" in str(err.value) and "cwd, kd, pairwise, at, mse" in str(err.value)
-    with pytest.raises(UserError, match="no option 'temperature'.*tau, loss_weight, resize"):
+    with pytest.raises(UserError, match="no option 'temperature'.*tau, loss_weight, standardize"):
         build_loss("cwd", temperature=4.0)

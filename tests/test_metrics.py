@@ -6,7 +6,6 @@ import copy
 import datetime
 import json
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -459,21 +458,12 @@ def test_all_reduce_is_a_no_op_without_a_process_group() -> None:
     assert torch.equal(cm.matrix, before)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _all_reduce_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    # A client of the parent's store: the port is already bound, so no other process can take it.
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         cm = ConfusionMatrix(5)
         for pred, label in _random_samples(seed=11, count=6, num_classes=5)[rank::world_size]:
@@ -487,7 +477,10 @@ def _all_reduce_worker(rank: int, world_size: int, port: int, out_dir: str) -> N
 
 def test_all_reduce_over_two_gloo_processes(tmp_path: Path) -> None:
     world_size = 2
-    mp.spawn(_all_reduce_worker, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size, join=True)
+    # The store binds port 0 (the OS picks a free port) and stays up while the workers join through it.
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=60))
+    mp.spawn(_all_reduce_worker, args=(world_size, store.port, str(tmp_path)), nprocs=world_size, join=True)
     single = ConfusionMatrix(5)
     for pred, label in _random_samples(seed=11, count=6, num_classes=5):
         single.update(pred, label)

@@ -11,6 +11,7 @@ does not know) is a one-line :class:`~segdistill.errors.UserError` naming the fi
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -223,6 +224,15 @@ class SegDataset:
     def label_path(self, i: int) -> Path:
         """Path of the ``i``-th label file."""
         return self._label_paths[i]
+
+    def subset(self, indices: Sequence[int]) -> SegDataset:
+        """A copy holding only the samples ``indices`` (in that order); classes, decoding and cache are shared."""
+        chosen = [int(i) for i in indices]
+        part = copy.copy(self)
+        part.names = [self.names[i] for i in chosen]
+        part._image_paths = [self._image_paths[i] for i in chosen]
+        part._label_paths = [self._label_paths[i] for i in chosen]
+        return part
 
     def use_cache(self, folder: str | os.PathLike | None) -> None:
         """Read samples from the decoded cache in ``folder`` (``None``: decode every time).

@@ -1,8 +1,10 @@
-"""``segdistill prepare cityscapes ROOT``: Cityscapes polygons -> ``*_gtFine_labelTrainIds.png`` + split lists.
+"""``segdistill prepare cityscapes ROOT``: Cityscapes polygons -> ``*_gtFine_labelTrainIds.png`` + split lists;
+``segdistill prepare cache CONFIG``: the decoded-image cache of a config's training set.
 
-This does what mmseg's ``tools/dataset_converters/cityscapes.py ROOT --nproc 8`` does, with the same
-cityscapesscripts function, but resumable (finished files are skipped), atomic (a label file is
-either complete or absent, even if the run is killed) and with one-line errors.
+The first does what mmseg's ``tools/dataset_converters/cityscapes.py ROOT --nproc 8`` does, with the
+same cityscapesscripts function, but resumable (finished files are skipped), atomic (a label file is
+either complete or absent, even if the run is killed) and with one-line errors. The second runs
+:func:`~segdistill.data.cache.build_decoded_cache` (resumable and atomic too).
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from segdistill.data.cache import CacheReport
 from segdistill.errors import UserError
 from segdistill.fileio import atomic_path, atomic_write_text
 
-__all__ = ["PrepareReport", "prepare_cityscapes", "add_prepare_parser", "run_prepare"]
+__all__ = ["PrepareReport", "prepare_cityscapes", "prepare_cache", "add_prepare_parser", "run_prepare"]
 
 POLYGON_SUFFIX = "_gtFine_polygons.json"
 TRAIN_ID_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -69,7 +72,8 @@ def _convert_one(json_path: str) -> str | None:
             json2label(json_path, str(tmp), "trainIds")
     except SystemExit:
         # cityscapesscripts prints its complaint and calls sys.exit (an unknown label name, mostly).
-        return f"cannot convert {json_path} (cityscapesscripts rejected it, usually an unknown label name); fix or remove that polygon file"
+        return (f"cannot convert {json_path} (cityscapesscripts rejected it, usually an unknown label name); "
+                "fix or remove that polygon file")
     except Exception as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"cannot convert {json_path} ({detail}); fix or remove that polygon file"
@@ -96,14 +100,16 @@ class _Progress:
         filled = width * self.done // self.total
         rate = self.done / max(now - self._start, 1e-9)
         sys.stderr.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {percent:3d}% {rate:.1f}/s"
+            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {percent:3d}% "
+            f"{rate:.1f}/s"
         )
         if self.done == self.total:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
 
-def prepare_cityscapes(root: str | os.PathLike, nproc: int = 8, force: bool = False, progress: bool = True) -> PrepareReport:
+def prepare_cityscapes(root: str | os.PathLike, nproc: int = 8, force: bool = False,
+                       progress: bool = True) -> PrepareReport:
     """Convert every ``gtFine/<split>/<city>/*_gtFine_polygons.json`` under ``root`` to ``*_gtFine_labelTrainIds.png``.
 
     Files already converted are skipped unless ``force``. Conversions run in ``nproc`` processes,
@@ -113,7 +119,8 @@ def prepare_cityscapes(root: str | os.PathLike, nproc: int = 8, force: bool = Fa
     start = time.monotonic()
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
-        raise UserError(f"Cityscapes root {root_path} does not exist; pass the folder that holds gtFine/ and leftImg8bit/")
+        raise UserError(f"Cityscapes root {root_path} does not exist; "
+                        "pass the folder that holds gtFine/ and leftImg8bit/")
     missing = [name for name in ("gtFine", "leftImg8bit") if not (root_path / name).is_dir()]
     if missing:
         raise UserError(
@@ -128,7 +135,8 @@ def prepare_cityscapes(root: str | os.PathLike, nproc: int = 8, force: bool = Fa
     gt_root = root_path / "gtFine"
     polygons = sorted(gt_root.glob(f"*/*/*{POLYGON_SUFFIX}"))
     if not polygons:
-        raise UserError(f"no *{POLYGON_SUFFIX} files under {gt_root}/<split>/<city>/; is this the Cityscapes gtFine folder?")
+        raise UserError(f"no *{POLYGON_SUFFIX} files under {gt_root}/<split>/<city>/; "
+                        "is this the Cityscapes gtFine folder?")
     todo = [p for p in polygons if force or not Path(str(p)[: -len(POLYGON_SUFFIX)] + TRAIN_ID_SUFFIX).is_file()]
     report = PrepareReport(root=root_path, skipped=len(polygons) - len(todo))
 
@@ -156,7 +164,8 @@ def prepare_cityscapes(root: str | os.PathLike, nproc: int = 8, force: bool = Fa
         split_dir = gt_root / split
         if not split_dir.is_dir():
             continue
-        stems = sorted(p.relative_to(split_dir).as_posix()[: -len(POLYGON_SUFFIX)] for p in split_dir.glob(f"*/*{POLYGON_SUFFIX}"))
+        stems = sorted(p.relative_to(split_dir).as_posix()[: -len(POLYGON_SUFFIX)]
+                       for p in split_dir.glob(f"*/*{POLYGON_SUFFIX}"))
         target = root_path / f"{split}.txt"
         atomic_write_text(target, "".join(s + "\n" for s in stems))
         report.split_counts[split] = len(stems)
@@ -165,26 +174,61 @@ def prepare_cityscapes(root: str | os.PathLike, nproc: int = 8, force: bool = Fa
     return report
 
 
+def prepare_cache(config: str | os.PathLike, overrides: Sequence[str] = (), nproc: int = 8, split: str | None = None,
+                  progress: bool = True, force: bool = False) -> CacheReport:
+    """Build the decoded-image cache (``data.cache``) of the config's ``split`` (default: ``data.train_split``).
+
+    One line with the number of samples to write and their disk space is printed before the build
+    starts; see :func:`~segdistill.data.cache.build_decoded_cache`.
+    """
+    from segdistill.config import load_config
+    from segdistill.data.cache import build_decoded_cache
+    from segdistill.data.datasets import build_dataset
+
+    cfg = load_config(config, overrides)
+    if not cfg.data.cache:
+        raise UserError(f"{config} sets no data.cache folder; add `cache: /fast/disk/segdistill-cache` under data: "
+                        "or pass data.cache=FOLDER on the command line")
+    dataset = build_dataset(cfg.data.kind, cfg.data.root, split or cfg.data.train_split)
+    return build_decoded_cache(dataset, cfg.data.cache, nproc=nproc, progress=progress, force=force)
+
+
 def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``prepare cityscapes DATA_ROOT [--nproc N] [--force]`` to a CLI; the handler is :func:`run_prepare`.
+    """Add ``prepare cityscapes DATA_ROOT ...`` and ``prepare cache CONFIG ...``; the handler is :func:`run_prepare`.
 
     The parser sets ``func=run_prepare``, so the CLI can dispatch with ``args.func(args)``.
     """
-    prepare = subparsers.add_parser("prepare", help="prepare a dataset for training (Cityscapes: polygons -> labelTrainIds)")
+    prepare = subparsers.add_parser("prepare", help="prepare a dataset for training (Cityscapes: polygons -> "
+                                                    "labelTrainIds; the decoded-image cache)")
     kinds = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    city = kinds.add_parser("cityscapes", help="write *_gtFine_labelTrainIds.png and train/val/test.txt, like mmseg's converter")
+    city = kinds.add_parser("cityscapes", help="write *_gtFine_labelTrainIds.png and train/val/test.txt, "
+                                               "like mmseg's converter")
     city.add_argument("data_root", metavar="DATA_ROOT", help="folder holding gtFine/ and leftImg8bit/")
     city.add_argument("--nproc", type=int, default=8, help="parallel processes (default 8)")
     city.add_argument("--force", action="store_true", help="rewrite labels that already exist")
     city.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
+    cache = kinds.add_parser("cache", help="decode the config's training images and labels once into data.cache "
+                                           "(raw uint8, read by the workers instead of decoding)")
+    cache.add_argument("config", help="experiment YAML (see configs/); data.cache names the folder")
+    cache.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value",
+                       help="config overrides, e.g. data.cache=/scratch/cache data.root=/data/cityscapes")
+    cache.add_argument("--nproc", type=int, default=8, help="parallel processes (default 8)")
+    cache.add_argument("--split", help="the split to cache (default: data.train_split)")
+    cache.add_argument("--force", action="store_true", help="rewrite entries that are up to date")
+    cache.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     prepare.set_defaults(func=run_prepare)
     return prepare
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Handle ``segdistill prepare ...``; returns the exit code (errors are raised as UserError)."""
+    if args.dataset == "cache":
+        cache_report = prepare_cache(args.config, args.overrides, nproc=args.nproc, split=args.split,
+                                     progress=args.progress, force=args.force)
+        print(cache_report.summary())
+        return 0
     if args.dataset != "cityscapes":
-        raise UserError(f"unknown dataset {args.dataset!r} for prepare; valid: cityscapes")
+        raise UserError(f"unknown dataset {args.dataset!r} for prepare; valid: cityscapes, cache")
     report = prepare_cityscapes(args.data_root, nproc=args.nproc, force=args.force, progress=args.progress)
     print(report.summary())
     return 0

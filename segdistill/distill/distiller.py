@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import DistillTerm
 from ..errors import UserError
+from ..models.ops import resize
 from ..models.segmentor import EncoderDecoder
 from .connectors import build_connector
 from .losses import build_loss
@@ -26,8 +27,6 @@ def loss_options(term: DistillTerm) -> dict[str, object]:
     if term.type in ("cwd", "kd", "dist"):
         kwargs["tau"] = term.tau
         kwargs["standardize"] = term.standardize
-    if term.type == "cwd":
-        kwargs["resize"] = term.resize
     if term.type == "pairwise":
         kwargs["pool_size"] = term.pool_size
     if term.type == "at":
@@ -38,6 +37,22 @@ def loss_options(term: DistillTerm) -> dict[str, object]:
     if term.type == "mgd":
         kwargs["alpha_mgd"] = term.alpha_mgd
     return kwargs
+
+
+def align_maps(student: torch.Tensor, teacher: torch.Tensor, align: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring the two maps of a term to one spatial size as its ``align`` says (see ``DistillTerm.align``).
+
+    ``"student"``: the teacher's map is resized to the student's ``H, W``; ``"teacher"``: the student's map
+    is resized to the teacher's; both bilinear with ``align_corners=False``, in float32. ``"none"`` (or
+    equal sizes) returns both untouched, and the loss refuses maps of different sizes in one line.
+    """
+    if align == "none" or student.shape[2:] == teacher.shape[2:]:
+        return student, teacher
+    if align == "student":
+        return student, resize(teacher.float(), student.shape[2:])
+    if align == "teacher":
+        return resize(student.float(), teacher.shape[2:]), teacher
+    raise ValueError(f"align must be 'none', 'student' or 'teacher', got {align!r}")
 
 
 class DistillStudent(nn.Module):
@@ -74,7 +89,8 @@ class DistillStudent(nn.Module):
                 s = tapped[term.student]
                 if term.name in self.connectors:
                     s = self.connectors[term.name](s)
-                losses[f"loss_{term.name}"] = self.losses[term.name](s, teacher_outputs[term.teacher])
+                s, t = align_maps(s, teacher_outputs[term.teacher], term.align)
+                losses[f"loss_{term.name}"] = self.losses[term.name](s, t)
         return losses
 
     def student_state_dict(self) -> dict[str, torch.Tensor]:

@@ -74,8 +74,7 @@ def _check_number(owner: str, key: str, value: float, *, positive: bool) -> floa
     return float(value)
 
 
-def _check_maps(owner: str, preds_S: Tensor, preds_T: Tensor, *, same_channels: bool, same_size: bool,
-                resize_hint: bool = False) -> None:
+def _check_maps(owner: str, preds_S: Tensor, preds_T: Tensor, *, same_channels: bool, same_size: bool) -> None:
     """Raise :class:`LossInputError` unless the two maps can be compared by ``owner``."""
     s, t = tuple(preds_S.shape), tuple(preds_T.shape)
     if preds_S.dim() != 4 or preds_T.dim() != 4:
@@ -90,8 +89,8 @@ def _check_maps(owner: str, preds_S: Tensor, preds_T: Tensor, *, same_channels: 
         raise LossInputError(f"{owner}: student has {s[1]} channels but teacher {t[1]} (student {s}, teacher {t}); "
                              f"add a connector on the student, e.g. build_connector('convbn', {s[1]}, {t[1]})")
     if same_size and s[2:] != t[2:]:
-        how = ("set resize=True in the loss config to resize the student bilinearly"
-               if resize_hint else "distill layers of the same stride")
+        how = ("set the term's align: student (resize the teacher's map to the student's) or align: teacher "
+               "(resize the student's map to the teacher's), or distill layers of the same stride")
         raise LossInputError(f"{owner}: student map {s} and teacher map {t} differ in spatial size; {how}")
 
 
@@ -221,28 +220,19 @@ class ChannelWiseDivergence(DistillLoss):
         tau: softmax temperature (mmrazor's ``tau``); the ``tau**2`` factor keeps gradient
             magnitudes comparable across temperatures.
         loss_weight: factor applied to the loss.
-        resize: if the student map has another ``H, W`` than the teacher's, resize it
-            bilinearly (``align_corners=False``) to the teacher's size instead of raising.
         standardize: z-score every channel of both maps over its ``H*W`` positions (the softmax
             axis) before dividing by ``tau`` (:func:`standardize_logits`).
     """
 
-    def __init__(self, tau: float = 1.0, loss_weight: float = 1.0, resize: bool = False,
-                 standardize: bool = False) -> None:
+    def __init__(self, tau: float = 1.0, loss_weight: float = 1.0, standardize: bool = False) -> None:
         super().__init__(loss_weight)
         self.tau = _check_number("ChannelWiseDivergence", "tau", tau, positive=True)
-        self.resize = bool(resize)
         self.standardize = bool(standardize)
 
     def forward(self, preds_S: Tensor, preds_T: Tensor) -> Tensor:
         """Return the weighted CWD loss between student ``(N,C,h,w)`` and teacher ``(N,C,H,W)`` maps."""
-        _check_maps("ChannelWiseDivergence", preds_S, preds_T, same_channels=True, same_size=not self.resize,
-                    resize_hint=True)
+        _check_maps("ChannelWiseDivergence", preds_S, preds_T, same_channels=True, same_size=True)
         n, c, h, w = preds_T.shape
-        if preds_S.shape[2:] != preds_T.shape[2:]:
-            with _no_autocast(preds_S.device.type):
-                preds_S = F.interpolate(preds_S.to(_compute_dtype(preds_S)), size=(h, w), mode="bilinear",
-                                        align_corners=False)
         scale = self.loss_weight * self.tau**2 / (n * c)
         dtype = _compute_dtype(preds_S, preds_T)
         s = _maybe_standardize(preds_S.reshape(n, c, h * w), 2, dtype, self.standardize)
@@ -250,7 +240,7 @@ class ChannelWiseDivergence(DistillLoss):
         return _SoftmaxKLSum.apply(s, t, self.tau, 2, scale)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, loss_weight={self.loss_weight}, resize={self.resize}, standardize={self.standardize}"
+        return f"tau={self.tau}, loss_weight={self.loss_weight}, standardize={self.standardize}"
 
 
 class PixelWiseKD(DistillLoss):
