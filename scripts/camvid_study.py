@@ -3,7 +3,9 @@
     python scripts/camvid_study.py run              # all runs in order; rerun to continue
     python scripts/camvid_study.py run --only cwd_logits_s1
     python scripts/camvid_study.py status
-    python scripts/camvid_study.py report           # table, JSON, curves, prediction grid -> docs/
+    python scripts/camvid_study.py latency          # CPU latency of each network (segdistill bench --mode infer)
+    python scripts/camvid_study.py report           # tables, JSON, curves, prediction grid -> docs/
+    python scripts/camvid_study.py report --from-json   # tables only, from docs/results/camvid_study.json
 
 Run from the repository root with ../shared/data/camvid present. Every run is an ordinary
 ``segdistill train`` run folder under runs/camvid/, so an interrupted study (Ctrl-C, SIGTERM, a
@@ -25,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Run folders hold GBs of checkpoints; SEGDISTILL_STUDY_RUNS can put them outside the work tree.
 RUNS = Path(os.environ.get("SEGDISTILL_STUDY_RUNS", REPO / "runs" / "camvid"))
 RESULTS = REPO / "docs" / "results" / "camvid_study.json"
+LATENCY = REPO / "docs" / "results" / "camvid_latency.json"
 FIGURES = REPO / "docs" / "images"
 
 
@@ -45,31 +48,87 @@ class Run:
     def overrides(self) -> list[str]:
         out = [f"seed={self.seed}"]
         if self.arm != "teacher":
-            out.append(f"teacher.checkpoint={RUNS / 'teacher' / 'final.pth'}" if self.arm != "baseline" else "teacher=null")
+            distills = ARMS[self.arm].alone is not None
+            out.append(f"teacher.checkpoint={RUNS / 'teacher' / 'final.pth'}" if distills else "teacher=null")
         return out + list(self.extra)
 
 
-ARMS = {
-    "teacher": ("PSPNet-R50-D8 teacher", "configs/camvid/pspnet_r50-d8_teacher.yaml"),
-    "baseline": ("PSPNet-R18-D8 alone", "configs/camvid/pspnet_r18-d8_baseline.yaml"),
-    "cwd_logits": ("+ CWD logits (tau 1, w 5)", "configs/camvid/cwd_logits.yaml"),
-    "cwd_logits_feats": ("+ CWD logits + features", "configs/camvid/cwd_logits_feats.yaml"),
-    "kd_logits": ("+ pixel-wise KD (tau 1, w 1)", "configs/camvid/kd_logits.yaml"),
-    "cwd_logits_tau4": ("+ CWD logits (tau 4, w 3)", "configs/camvid/cwd_logits.yaml"),
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the study: a config (plus overrides) that every seed of the arm trains."""
+
+    label: str
+    config: str
+    student: str  # the network this arm trains (the teacher arm: the teacher)
+    alone: str | None = None  # a distillation arm: the student-alone arm it is paired with, seed by seed
+    extra: tuple[str, ...] = ()  # overrides on top of the config, for every run of the arm
+
+
+TEACHER_MODEL = "pspnet_r50-d8"
+
+ARMS: dict[str, Arm] = {
+    "teacher": Arm("PSPNet-R50-D8 teacher", "configs/camvid/pspnet_r50-d8_teacher.yaml", TEACHER_MODEL),
+    "baseline": Arm("PSPNet-R18-D8 alone", "configs/camvid/pspnet_r18-d8_baseline.yaml", "pspnet_r18-d8"),
+    "cwd_logits": Arm("+ CWD logits (tau 1, w 5)", "configs/camvid/cwd_logits.yaml", "pspnet_r18-d8", "baseline"),
+    "cwd_logits_feats": Arm("+ CWD logits + features", "configs/camvid/cwd_logits_feats.yaml", "pspnet_r18-d8",
+                            "baseline"),
+    "kd_logits": Arm("+ pixel-wise KD (tau 1, w 1)", "configs/camvid/kd_logits.yaml", "pspnet_r18-d8", "baseline"),
+    # One sweep point: a softer temperature on the same logits (the setting of the feature term).
+    "cwd_logits_tau4": Arm("+ CWD logits (tau 4, w 3)", "configs/camvid/cwd_logits.yaml", "pspnet_r18-d8", "baseline",
+                           ("name=camvid_cwd_logits_tau4", "distill.losses.0.tau=4", "distill.losses.0.weight=3")),
+    # Issue 16: CWD into students of other families (stride-4 logits: the teacher's map is resized to them).
+    "mv2_baseline": Arm("DeepLabV3+-MobileNetV2-D8 alone", "configs/camvid/deeplabv3plus_m-v2-d8_baseline.yaml",
+                        "deeplabv3plus_m-v2-d8"),
+    "mv2_cwd_logits": Arm("+ CWD logits (tau 1, w 5, align student)",
+                          "configs/camvid/cwd_logits_deeplabv3plus_m-v2-d8.yaml", "deeplabv3plus_m-v2-d8",
+                          "mv2_baseline"),
+    "segformer_baseline": Arm("SegFormer-B0 alone", "configs/camvid/segformer_mit-b0_baseline.yaml",
+                              "segformer_mit-b0"),
+    "segformer_cwd_logits": Arm("+ CWD logits (tau 1, w 5, align student)",
+                                "configs/camvid/cwd_logits_segformer_mit-b0.yaml", "segformer_mit-b0",
+                                "segformer_baseline"),
+    "segformer_cwd_logits_align_teacher": Arm(
+        "+ CWD logits (tau 1, w 5, align teacher)", "configs/camvid/cwd_logits_segformer_mit-b0.yaml",
+        "segformer_mit-b0", "segformer_baseline",
+        ("name=camvid_cwd_logits_segformer_mit-b0_align_teacher", "distill.losses.0.align=teacher")),
+    # Issue 17: other distillation methods on the PSPNet-R18-D8 student.
+    "dist_logits": Arm("+ DIST logits (tau 1, w 1)", "configs/camvid/dist_logits.yaml", "pspnet_r18-d8", "baseline"),
+    "cwd_logits_std": Arm("+ CWD logits, standardized (tau 1, w 5)", "configs/camvid/cwd_logits_standardize.yaml",
+                          "pspnet_r18-d8", "baseline"),
+    "mgd_bottleneck": Arm("+ MGD on the PSP bottleneck (alpha 2e-5, lambda 0.65)",
+                          "configs/camvid/mgd_bottleneck.yaml", "pspnet_r18-d8", "baseline"),
 }
+
+#: Display names of the study's networks (the deployment table and the per-student tables).
+NETWORKS = {"pspnet_r50-d8": "PSPNet-R50-D8", "pspnet_r18-d8": "PSPNet-R18-D8",
+            "deeplabv3plus_m-v2-d8": "DeepLabV3+-MobileNetV2-D8", "segformer_mit-b0": "SegFormer-B0"}
+
+
+def _run(arm: str, seed: int) -> Run:
+    """Run ``<arm>_s<seed>``; the one teacher run is ``teacher`` (every distillation run reads its final.pth)."""
+    return Run("teacher" if arm == "teacher" else f"{arm}_s{seed}", arm, ARMS[arm].config, seed, ARMS[arm].extra)
 
 
 def study() -> list[Run]:
-    """The runs in the order they are trained: the teacher, then seed pairs, then single-seed arms."""
-    runs = [Run("teacher", "teacher", ARMS["teacher"][1], 0)]
+    """The runs in the order they are trained.
+
+    The first study (PSPNet-R18-D8): the teacher, three seed pairs of the student alone and with CWD,
+    then single-seed arms. Issue 16: DeepLabV3+-MobileNetV2 alone vs CWD and SegFormer-B0 alone vs CWD,
+    three paired seeds each, then one seed of SegFormer with ``align: teacher``. Issue 17 on PSPNet-R18-D8:
+    KD seeds 1 and 2 (seed 0 is above), DIST and standardized CWD with three seeds, MGD with one.
+    """
+    runs = [_run("teacher", 0)]
     for seed in (0, 1, 2):
-        for arm in ("baseline", "cwd_logits"):
-            runs.append(Run(f"{arm}_s{seed}", arm, ARMS[arm][1], seed))
-    for arm in ("cwd_logits_feats", "kd_logits"):
-        runs.append(Run(f"{arm}_s0", arm, ARMS[arm][1], 0))
-    # One sweep point: a softer temperature on the same logits (the setting of the feature term).
-    runs.append(Run("cwd_logits_tau4_s0", "cwd_logits_tau4", ARMS["cwd_logits_tau4"][1], 0,
-                    ("name=camvid_cwd_logits_tau4", "distill.losses.0.tau=4", "distill.losses.0.weight=3")))
+        runs += [_run("baseline", seed), _run("cwd_logits", seed)]
+    runs += [_run("cwd_logits_feats", 0), _run("kd_logits", 0), _run("cwd_logits_tau4", 0)]
+    for alone, distilled in (("mv2_baseline", "mv2_cwd_logits"), ("segformer_baseline", "segformer_cwd_logits")):
+        for seed in (0, 1, 2):
+            runs += [_run(alone, seed), _run(distilled, seed)]
+    runs.append(_run("segformer_cwd_logits_align_teacher", 0))
+    runs += [_run("kd_logits", 1), _run("kd_logits", 2)]
+    for arm in ("dist_logits", "cwd_logits_std"):
+        runs += [_run(arm, seed) for seed in (0, 1, 2)]
+    runs.append(_run("mgd_bottleneck", 0))
     return runs
 
 
@@ -128,16 +187,17 @@ def cmd_status(_: argparse.Namespace) -> int:
         ckpts = sorted((run.folder / "checkpoints").glob("iter_*.pth")) if run.folder.is_dir() else []
         state = f"done, mIoU {res['final']['mIoU']:.2f}, {res['wall_time_s'] / 60:.0f} min" if res else (
             f"at {ckpts[-1].stem}" if ckpts else "not started")
-        print(f"{run.run_id:22s} {state}")
+        print(f"{run.run_id:38s} {state}")
     return 0
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], signed: bool = False, empty: str = "-") -> str:
     if not values:
-        return "-"
+        return empty
+    fmt = "+.2f" if signed else ".2f"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:{fmt}}"
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):.2f}"
 
 
 def paired_t(deltas: list[float]) -> tuple[float, float]:
@@ -169,61 +229,276 @@ def paired_t(deltas: list[float]) -> tuple[float, float]:
     return t, 0.5 - central if t >= 0 else 0.5 + central
 
 
-def cmd_report(_: argparse.Namespace) -> int:
-    doc = write_results()
-    by_arm: dict[str, list[dict]] = {}
-    for row in doc["runs"]:
-        by_arm.setdefault(row["arm"], []).append(row)
-    lines = ["| arm | seeds | val mIoU (final iteration), mean ± std | per seed | minutes per run |",
-             "| --- | ---: | ---: | --- | ---: |"]
-    for arm, (label, _) in ARMS.items():
-        rows = by_arm.get(arm, [])
-        per_seed = ", ".join(f"s{r['seed']}: {r['final_mIoU']:.2f}" for r in rows)
-        minutes = f"{statistics.mean(r['wall_time_s'] for r in rows) / 60:.0f}" if rows else "-"
-        lines.append(f"| {label} | {len(rows)} | {_mean_std([r['final_mIoU'] for r in rows])} | {per_seed} | "
-                     f"{minutes} |")
-    pairs = [(b["seed"], c["final_mIoU"] - b["final_mIoU"]) for b in by_arm.get("baseline", [])
-             for c in by_arm.get("cwd_logits", []) if b["seed"] == c["seed"]]
-    if pairs:
-        seeds = ", ".join(f"s{seed}" for seed, _ in pairs)
-        deltas = [d for _, d in pairs]
-        lines += ["", f"Paired CWD − baseline (same seed: same init and data order; {seeds}): "
-                  f"{', '.join(f'{d:+.2f}' for d in deltas)}; **mean {statistics.mean(deltas):+.2f}**"]
-        if len(deltas) >= 2:
-            t, p = paired_t(deltas)
-            noise = statistics.stdev(r["final_mIoU"] for r in by_arm["baseline"])
-            lines += ["", f"Paired t-test over {len(deltas)} seeds: t = {t:.2f} with {len(deltas) - 1} degrees of "
-                      f"freedom, one-sided p = {p:.3f}. Seed-to-seed std of the student alone: {noise:.2f}; "
-                      f"smallest paired gain: {min(deltas):+.2f}."]
-    classes = list(doc["runs"][0]["per_class_IoU"]) if doc["runs"] else []
+def two_sided_p(deltas: list[float]) -> tuple[float, float]:
+    """Paired t statistic and its two-sided p-value (H1: the mean difference is not 0)."""
+    t, p = paired_t(deltas)
+    return t, min(1.0, 2 * min(p, 1.0 - p))
+
+
+def group_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """The results rows of each arm, ordered by seed."""
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["arm"], []).append(row)
+    return {arm: sorted(rs, key=lambda r: r["seed"]) for arm, rs in out.items()}
+
+
+def paired_deltas(a: list[dict], b: list[dict]) -> list[tuple[int, float]]:
+    """``(seed, mIoU(a) - mIoU(b))`` for every seed both arms have: same seed, same init and data order."""
+    b_by_seed = {r["seed"]: r["final_mIoU"] for r in b}
+    return [(r["seed"], r["final_mIoU"] - b_by_seed[r["seed"]]) for r in a if r["seed"] in b_by_seed]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison of two arms over the seeds they share, with its t-test when there are 2+ pairs."""
+
+    a: str
+    b: str
+    seeds: tuple[int, ...]
+    deltas: tuple[float, ...]
+    two_sided: bool  # False: H1 "a > b" (a gain over the student alone); True: H1 "a != b" (two methods)
+
+    @property
+    def n(self) -> int:
+        return len(self.deltas)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.deltas)
+
+    @property
+    def test(self) -> tuple[float, float] | None:
+        """``(t, p)``; None with fewer than 2 pairs (no test is possible)."""
+        if self.n < 2:
+            return None
+        return two_sided_p(list(self.deltas)) if self.two_sided else paired_t(list(self.deltas))
+
+    def verdict(self, alpha: float = 0.05) -> str:
+        """What the seeds support, in words; never a winner that the test does not support."""
+        test = self.test
+        if test is None:
+            return "1 seed pair: no test, not ranked"
+        _, p = test
+        if p >= alpha:
+            return f"not shown with {self.n} seeds"
+        if not self.two_sided:
+            return f"gain shown (one-sided p < {alpha:g})"
+        higher = self.a if self.mean > 0 else self.b
+        return f"{ARMS[higher].label} higher (two-sided p < {alpha:g})"
+
+    def cells(self) -> str:
+        """``| seeds | per-seed differences | mean ± std | t | p | verdict |`` of a markdown row."""
+        seeds = ", ".join(f"s{s}" for s in self.seeds)
+        per_seed = ", ".join(f"{d:+.2f}" for d in self.deltas)
+        spread = f"{self.mean:+.2f} ± {statistics.stdev(self.deltas):.2f}" if self.n >= 2 else f"{self.mean:+.2f}"
+        test = self.test
+        t, p = (f"{test[0]:.2f}", f"{test[1]:.3f}") if test else ("-", "-")
+        return f"{seeds} | {per_seed} | {spread} | {t} | {p} | {self.verdict()} |"
+
+
+def gains(groups: dict[str, list[dict]]) -> list[Paired]:
+    """Each distillation arm against its student-alone arm, paired by seed (one-sided: H1 gain > 0)."""
+    out = []
+    for name, arm in ARMS.items():
+        if arm.alone is None:
+            continue
+        pairs = paired_deltas(groups.get(name, []), groups.get(arm.alone, []))
+        if pairs:
+            out.append(Paired(name, arm.alone, tuple(s for s, _ in pairs), tuple(d for _, d in pairs), False))
+    return out
+
+
+def method_differences(groups: dict[str, list[dict]]) -> list[Paired]:
+    """Two distillation arms on the same student, paired by seed (two-sided: H1 they differ).
+
+    Listed when the arms share at least 2 seeds, or when one is a variant of the other (same config file,
+    e.g. the align or tau sweep points), which then shows as a single pair that is not ranked.
+    """
+    names = [n for n, a in ARMS.items() if a.alone is not None]
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if ARMS[a].alone != ARMS[b].alone:
+                continue
+            pairs = paired_deltas(groups.get(a, []), groups.get(b, []))
+            if len(pairs) >= 2 or (pairs and ARMS[a].config == ARMS[b].config):
+                out.append(Paired(a, b, tuple(s for s, _ in pairs), tuple(d for _, d in pairs), True))
+    return out
+
+
+def report_tables(rows: list[dict]) -> str:
+    """The study's markdown tables from its results rows (the ``runs`` of camvid_study.json)."""
+    groups = group_rows(rows)
+    lines = ["| student | arm | seeds | val mIoU (final iteration), mean ± std | per seed | minutes per run |",
+             "| --- | --- | ---: | ---: | --- | ---: |"]
+    for name, arm in ARMS.items():
+        rs = groups.get(name, [])
+        per_seed = ", ".join(f"s{r['seed']}: {r['final_mIoU']:.2f}" for r in rs) or "queued"
+        minutes = f"{statistics.mean(r['wall_time_s'] for r in rs) / 60:.0f}" if rs else "-"
+        student = "(teacher)" if name == "teacher" else NETWORKS.get(arm.student, arm.student)
+        lines.append(f"| {student} | {arm.label} | {len(rs)} | {_mean_std([r['final_mIoU'] for r in rs])} | "
+                     f"{per_seed} | {minutes} |")
+    paired = gains(groups)
+    if paired:
+        lines += ["", "Paired gain over the same student alone (a seed fixes the initial weights and the data order, "
+                  "so each distilled run is paired with the student-alone run of its seed); one-sided paired t-test, "
+                  "H1: gain > 0:", "",
+                  "| student | arm | vs | seeds | paired gains | mean ± std | t | one-sided p | verdict |",
+                  "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+        for g in paired:
+            lines.append(f"| {NETWORKS.get(ARMS[g.a].student, ARMS[g.a].student)} | {ARMS[g.a].label} | "
+                         f"{ARMS[g.b].label} | {g.cells()}")
+        noise = [f"{arm.label} {statistics.stdev(r['final_mIoU'] for r in groups[name]):.2f} "
+                 f"({len(groups[name])} seeds)" for name, arm in ARMS.items()
+                 if arm.alone is None and name != "teacher" and len(groups.get(name, [])) >= 2]
+        if noise:
+            lines += ["", "Seed-to-seed std of each student alone: " + "; ".join(noise) + "."]
+    diffs = method_differences(groups)
+    if diffs:
+        lines += ["", "Differences between methods on the same student, paired by seed; two-sided paired t-test, "
+                  "H1: the two differ. Several pairs are tested with no correction for that, so read a p-value "
+                  "near 0.05 with care:", "",
+                  "| student | arm A | arm B | seeds | A − B per seed | mean ± std | t | two-sided p | verdict |",
+                  "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+        for d in diffs:
+            lines.append(f"| {NETWORKS.get(ARMS[d.a].student, ARMS[d.a].student)} | {ARMS[d.a].label} | "
+                         f"{ARMS[d.b].label} | {d.cells()}")
+    classes = list(rows[0]["per_class_IoU"]) if rows else []
     if classes:
         lines += ["", "Per-class IoU at the final iteration, mean over seeds:", "",
-                  "| arm | " + " | ".join(classes) + " |", "| --- |" + " ---: |" * len(classes)]
-        for arm, (label, _) in ARMS.items():
-            rows = by_arm.get(arm, [])
-            if rows:
-                means = [statistics.mean(r["per_class_IoU"][c] or 0.0 for r in rows) for c in classes]
-                lines.append(f"| {label} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
-    table = "\n".join(lines)
+                  "| student | arm | " + " | ".join(classes) + " |", "| --- | --- |" + " ---: |" * len(classes)]
+        for name, arm in ARMS.items():
+            rs = groups.get(name, [])
+            if rs:
+                means = [statistics.mean(r["per_class_IoU"][c] or 0.0 for r in rs) for c in classes]
+                student = "(teacher)" if name == "teacher" else NETWORKS.get(arm.student, arm.student)
+                lines.append(f"| {student} | {arm.label} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    return "\n".join(lines)
+
+
+# ---- deployment table ------------------------------------------------------------------------------
+
+#: (network, student-alone arm, CWD arm): the teacher, the first study's student and issue 16's students.
+DEPLOYED = (("pspnet_r50-d8", "teacher", None), ("pspnet_r18-d8", "baseline", "cwd_logits"),
+            ("deeplabv3plus_m-v2-d8", "mv2_baseline", "mv2_cwd_logits"),
+            ("segformer_mit-b0", "segformer_baseline", "segformer_cwd_logits"))
+#: The study's evaluation input: CamVid's 480x360 frames resized to (long 240, short 180) = H 180 x W 240.
+EVAL_SIZE = (180, 240)
+FAST_PATH = "eager fast path (fold_bn+channels_last+bf16)"
+
+
+def deploy_stats(model: str, num_classes: int = 11) -> dict[str, float]:
+    """Parameters (M) and forward GFLOPs at :data:`EVAL_SIZE` of what is deployed: backbone + decode head."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segdistill.models import build_segmentor
+
+    net = build_segmentor(model, num_classes).eval()
+    params = sum(p.numel() for p in net.backbone.parameters()) + sum(p.numel() for p in net.decode_head.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.zeros(1, 3, *EVAL_SIZE), with_aux=False)
+    return {"params_m": params / 1e6, "gflops": counter.get_total_flops() / 1e9}
+
+
+def deploy_table(rows: list[dict], stats: dict[str, dict[str, float]], latency: dict | None) -> str:
+    """Markdown: each network's size, cost and CPU latency beside its mIoU alone, with CWD, and the paired gain.
+
+    Cells of runs that have not finished (or of latencies not measured) stay empty.
+    """
+    groups = group_rows(rows)
+    measured = (latency or {}).get("models", {})
+    lines = [f"| network | role | params (M) | GFLOPs at {EVAL_SIZE[0]}×{EVAL_SIZE[1]} | CPU latency, batch 1, "
+             "eager fp32 (ms) | CPU latency, fast path bf16 (ms) | mIoU alone | mIoU with CWD | paired gain ± std |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for model, alone, cwd in DEPLOYED:
+        s = stats.get(model, {})
+        lat = measured.get(model, {})
+        alone_rows, cwd_rows = groups.get(alone, []), groups.get(cwd, []) if cwd else []
+        gain = ""
+        if cwd is not None:
+            deltas = [d for _, d in paired_deltas(cwd_rows, alone_rows)]
+            gain = _mean_std(deltas, signed=True) if deltas else ""
+            if len(deltas) == 1:
+                gain += " (1 pair)"
+        lines.append("| " + " | ".join([
+            NETWORKS.get(model, model), "teacher" if cwd is None else "student",
+            f"{s['params_m']:.2f}" if "params_m" in s else "", f"{s['gflops']:.2f}" if "gflops" in s else "",
+            f"{lat['eager fp32']:.1f}" if "eager fp32" in lat else "",
+            f"{lat[FAST_PATH]:.1f}" if FAST_PATH in lat else "",
+            _mean_std([r["final_mIoU"] for r in alone_rows], empty=""),
+            "" if cwd is None else _mean_std([r["final_mIoU"] for r in cwd_rows], empty=""), gain]) + " |")
+    if latency:
+        lines += ["", f"Latency: `segdistill bench --mode infer`, {latency.get('date', '?')}, "
+                  f"{latency.get('machine', '?')}; see docs/results/camvid_latency.json."]
+    return "\n".join(lines)
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    """Measure each deployed network's CPU latency at batch 1 with ``segdistill bench --mode infer``."""
+    import subprocess
+    import tempfile
+    import time
+
+    from segdistill.fileio import atomic_write_text
+
+    out: dict = json.loads(LATENCY.read_text()) if LATENCY.is_file() else {}
+    models = out.setdefault("models", {})
+    machine = ""
+    for model, alone, _ in DEPLOYED:
+        if args.only and model not in args.only:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "segdistill.cli", "bench", str(REPO / ARMS[alone].config), "--mode", "infer",
+                   "--crop", str(EVAL_SIZE[0]), str(EVAL_SIZE[1]), "--batch", "1", "--iters", str(args.iters),
+                   "--warmup", str(args.warmup), "--no-compile", "--no-onnx", "--json", f"{tmp}/bench.json"]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            print(f"[study] latency of {model}: {' '.join(cmd[2:])}", flush=True)
+            subprocess.run(cmd, check=True, cwd=REPO)
+            bench = json.loads(Path(f"{tmp}/bench.json").read_text())
+        m = bench["machine"]
+        machine = (f"{m['processor']}, {m['cpu_count']} cores, {m['threads']} threads, torch {m['torch']}, "
+                   f"{args.iters} calls after {args.warmup} warm-up (median)")
+        models[model] = {r["backend"]: r["latency_ms"] for r in bench["infer"] if r["batch"] == 1
+                         and r["latency_ms"] is not None}
+        models[model]["load_average"] = [m["load_average_start"], m["load_average_end"]]
+    out.update({"date": time.strftime("%Y-%m-%d"), "machine": machine,
+                "input": f"1x3x{EVAL_SIZE[0]}x{EVAL_SIZE[1]}"})
+    atomic_write_text(LATENCY, json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    doc = json.loads(RESULTS.read_text()) if args.from_json else write_results()
+    table = report_tables(doc["runs"])
     print(table)
-    _write_table(table)
-    _figures({row["run"] for row in doc["runs"]})
+    _write_block(TABLE_START, TABLE_END, table)
+    latency = json.loads(LATENCY.read_text()) if LATENCY.is_file() else None
+    deploy = deploy_table(doc["runs"], {model: deploy_stats(model) for model, _, _ in DEPLOYED}, latency)
+    print("\n" + deploy)
+    _write_block(DEPLOY_START, DEPLOY_END, deploy)
+    if not args.from_json:
+        _figures({row["run"] for row in doc["runs"]})
     return 0
 
 
 TABLE_START, TABLE_END = "<!-- study-table:start -->", "<!-- study-table:end -->"
+DEPLOY_START, DEPLOY_END = "<!-- deploy-table:start -->", "<!-- deploy-table:end -->"
 
 
-def _write_table(table: str) -> None:
-    """Replace the generated tables in docs/camvid.md (between the markers), so they never go stale."""
+def _write_block(start: str, end: str, table: str) -> None:
+    """Replace a generated table in docs/camvid.md (between its markers), so it never goes stale."""
     from segdistill.fileio import atomic_write_text
 
     doc = REPO / "docs" / "camvid.md"
     text = doc.read_text()
-    if TABLE_START in text and TABLE_END in text:
-        head, rest = text.split(TABLE_START, 1)
-        tail = rest.split(TABLE_END, 1)[1]
-        atomic_write_text(doc, f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        atomic_write_text(doc, f"{head}{start}\n{table}\n{end}{tail}")
 
 
 def _figures(finished: set[str]) -> None:
@@ -239,28 +514,35 @@ def _figures(finished: set[str]) -> None:
     from segdistill.models import build_segmentor, load_checkpoint
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = dict(zip(ARMS, ["black", "tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange"]))
+    palette = ["black", "tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange", "tab:brown", "tab:pink",
+               "tab:olive", "tab:cyan", "tab:gray"]
     styles = {0: "-", 1: "--", 2: ":"}
-    for run in study():
-        metrics = run.folder / "metrics.jsonl"
-        if run.run_id not in finished or not metrics.is_file():
+    # One figure per student (the PSPNet-R18-D8 one, with the teacher, keeps its old name).
+    for student in dict.fromkeys(a.student for name, a in ARMS.items() if name != "teacher"):
+        arms = (["teacher"] if student == "pspnet_r18-d8" else []) + [
+            n for n, a in ARMS.items() if a.student == student and n != "teacher"]
+        colors = {arm: palette[(i + (student != "pspnet_r18-d8")) % len(palette)] for i, arm in enumerate(arms)}
+        runs = [r for r in study() if r.arm in arms and r.run_id in finished and (r.folder / "metrics.jsonl").is_file()]
+        if not runs:
             continue
-        rows = [json.loads(x) for x in metrics.read_text().splitlines()]
-        tr = [r for r in rows if r["kind"] == "train"]
-        ev = [r for r in rows if r["kind"] == "eval"]
-        label = f"{ARMS[run.arm][0]} s{run.seed}" if run.arm != "teacher" else ARMS[run.arm][0]
-        ax_loss.plot([r["iter"] for r in tr], [r["loss_decode"] for r in tr], color=colors[run.arm], alpha=0.7,
-                     lw=1, ls=styles[run.seed], label=label)
-        ax_miou.plot([r["iter"] for r in ev], [r["mIoU"] for r in ev], color=colors[run.arm], marker="o", ms=3,
-                     alpha=0.8, ls=styles[run.seed], label=label)
-    ax_loss.set(xlabel="iteration", ylabel="decode CE (train)", title="training loss")
-    ax_miou.set(xlabel="iteration", ylabel="val mIoU", title="validation mIoU (CamVid val, 101 frames)")
-    ax_miou.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(FIGURES / "camvid_curves.png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+        fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
+        for run in runs:
+            rows = [json.loads(x) for x in (run.folder / "metrics.jsonl").read_text().splitlines()]
+            tr = [r for r in rows if r["kind"] == "train"]
+            ev = [r for r in rows if r["kind"] == "eval"]
+            label = f"{ARMS[run.arm].label} s{run.seed}" if run.arm != "teacher" else ARMS[run.arm].label
+            ax_loss.plot([r["iter"] for r in tr], [r["loss_decode"] for r in tr], color=colors[run.arm], alpha=0.7,
+                         lw=1, ls=styles.get(run.seed, "-."), label=label)
+            ax_miou.plot([r["iter"] for r in ev], [r["mIoU"] for r in ev], color=colors[run.arm], marker="o", ms=3,
+                         alpha=0.8, ls=styles.get(run.seed, "-."), label=label)
+        ax_loss.set(xlabel="iteration", ylabel="decode CE (train)", title=f"{NETWORKS[student]}: training loss")
+        ax_miou.set(xlabel="iteration", ylabel="val mIoU", title="validation mIoU (CamVid val, 101 frames)")
+        ax_miou.legend(fontsize=7)
+        fig.tight_layout()
+        name = "camvid_curves.png" if student == "pspnet_r18-d8" else f"camvid_curves_{student}.png"
+        with atomic_path(FIGURES / name) as tmp:
+            fig.savefig(tmp, dpi=100)
+        plt.close(fig)
 
     shown = [r for r in (Run("teacher", "teacher", "", 0), Run("baseline_s0", "baseline", "", 0),
                          Run("cwd_logits_s0", "cwd_logits", "", 0)) if (r.folder / "final.pth").is_file()]
@@ -287,7 +569,7 @@ def _figures(finished: set[str]) -> None:
     import cv2
     grid = np.concatenate(rows, axis=0)
     header = np.full((24, grid.shape[1], 3), 255, np.uint8)
-    names = ["image", "ground truth"] + [ARMS[r.arm][0] for r in shown]
+    names = ["image", "ground truth"] + [ARMS[r.arm].label for r in shown]
     for k, text in enumerate(names):
         cv2.putText(header, text, (k * 240 + 4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     with atomic_path(FIGURES / "camvid_predictions.png") as tmp:
@@ -301,7 +583,16 @@ def main() -> int:
     p.add_argument("--only", nargs="*", help="run ids to train (see `status`)")
     p.set_defaults(func=cmd_run)
     sub.add_parser("status", help="where each run stands").set_defaults(func=cmd_status)
-    sub.add_parser("report", help="JSON, table, curves and prediction grid").set_defaults(func=cmd_report)
+    p = sub.add_parser("report", help="JSON, tables, curves and prediction grid")
+    p.add_argument("--from-json", action="store_true",
+                   help="only the tables, from docs/results/camvid_study.json (no run folder is read)")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("latency", help="CPU latency of each deployed network (segdistill bench --mode infer)")
+    p.add_argument("--only", nargs="*", help="model names (default: all of the deployment table)")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.set_defaults(func=cmd_latency)
     args = parser.parse_args()
     from segdistill.engine.trainer import TrainingStopped
 

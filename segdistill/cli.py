@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .errors import UserError
 
@@ -36,12 +37,17 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def _load_model(name: str, num_classes: int, checkpoint: str, part: str = "student"):  # noqa: ANN202
-    """Build model ``name`` and load ``checkpoint`` into it strictly: eval, predict, export and viz share this."""
-    from .models import build_segmentor, load_checkpoint
+def _load_model(name: str, num_classes: int, checkpoint: str, part: str = "student",  # noqa: ANN202
+                raw: dict | None = None):
+    """Build model ``name`` and load ``checkpoint`` into it strictly: eval, predict, export and viz share this.
+
+    ``raw`` is the checkpoint already read (:func:`~segdistill.models.read_checkpoint`), to read it once.
+    """
+    from .models import build_segmentor, extract_state_dict, load_state_dict, read_checkpoint
 
     model = build_segmentor(name, num_classes)
-    load_checkpoint(model, checkpoint, part=part)
+    raw = read_checkpoint(checkpoint) if raw is None else raw
+    load_state_dict(model, extract_state_dict(raw, part=part), source=f"checkpoint {checkpoint}")
     return model
 
 
@@ -58,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"{work_dir} already holds checkpoints of a run; drop --no-resume to continue it, "
                         "or choose a new --work-dir")
     resume: bool | Path = Path(args.resume) if isinstance(args.resume, str) else args.resume
-    result = train(cfg, work_dir, resume=resume)
+    result = train(cfg, work_dir, resume=resume, accept_config_change=args.accept_config_change)
     if result.metrics is not None:
         print(result.metrics.table())
     print(f"run folder: {work_dir}")
@@ -100,35 +106,104 @@ def _dataset_meta(cfg, split: str | None = None):  # noqa: ANN001, ANN202 - retu
     return build_dataset(cfg.data.kind, cfg.data.root, split or cfg.data.val_split)
 
 
+@dataclass
+class ClassInfo:
+    """How many classes a checkpoint's model predicts, their names and colours (None: unknown), and whether
+    the names came from the checkpoint itself."""
+
+    num_classes: int
+    classes: list[str] | None = None
+    palette: list[tuple[int, int, int]] | None = None
+    from_checkpoint: bool = False
+
+
+def _meta_classes(raw: dict) -> tuple[int | None, list[str] | None, list[tuple[int, int, int]] | None]:
+    """``(count, names, colours)`` a checkpoint's meta records: mmseg 1.x / segdistill ``meta["dataset_meta"]``,
+    mmseg 0.x ``meta["CLASSES"]``/``meta["PALETTE"]``, segdistill's ``meta["num_classes"]``."""
+    meta = raw.get("meta") if isinstance(raw.get("meta"), Mapping) else {}
+    dm = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
+    names = dm.get("classes", meta.get("CLASSES"))
+    colours = dm.get("palette", meta.get("PALETTE"))
+    names = [str(c) for c in names] if isinstance(names, (list, tuple)) and names else None
+    try:
+        palette = [(int(r), int(g), int(b)) for r, g, b in colours] if colours is not None and len(colours) else None
+    except (TypeError, ValueError):
+        palette = None
+    count = meta.get("num_classes")
+    count = count if isinstance(count, int) and count > 0 else (len(names) if names else None)
+    return count, names, palette
+
+
+def _class_info(cfg, raw: dict, checkpoint: str, num_classes: int | None,  # noqa: ANN001
+                part: str = "student") -> ClassInfo:
+    """The classes of the model in ``raw``, without needing the dataset when anything else says them.
+
+    The count comes from ``--num-classes``, else the checkpoint's meta, else its classifier
+    (``decode_head.conv_seg``), else the config's dataset. Names and colours come from the meta, else
+    the dataset when it exists and has that many classes; otherwise there are none (default colours).
+    """
+    from .models import extract_state_dict
+
+    count, names, palette = _meta_classes(raw)
+    if num_classes is not None:
+        count = num_classes
+    if count is None:
+        classifier = extract_state_dict(raw, part=part).get("decode_head.conv_seg.weight")
+        count = int(classifier.shape[0]) if classifier is not None else None
+    if names is not None and len(names) == count:
+        return ClassInfo(count, names, palette if palette is not None and len(palette) == count else None, True)
+    root = Path(cfg.data.root)
+    if root.exists():
+        ds = _dataset_meta(cfg)
+        if count is None or ds.num_classes == count:
+            return ClassInfo(ds.num_classes, list(ds.classes), list(ds.palette))
+    if count is None:
+        raise UserError(f"cannot tell how many classes {checkpoint} predicts: it records no dataset_meta, has no "
+                        f"decode_head.conv_seg, and data.root {root} does not exist; pass --num-classes N")
+    print(f"note: {checkpoint} records no class names and the config's dataset ({root}) does not give "
+          f"{count} classes; unnamed classes, default colours", file=sys.stderr)
+    return ClassInfo(count)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.distributed import pick_device
     from .evaluation.predict import predict
+    from .models import read_checkpoint
 
     if (args.input is None) == (args.split is None):
         raise UserError("predict needs exactly one of INPUT (an image or a folder) or --split NAME")
     args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _config(args)
-    ds = _dataset_meta(cfg, args.split)
-    model = _load_model(args.model or cfg.student.model, ds.num_classes, args.checkpoint, args.part)
+    raw = read_checkpoint(args.checkpoint)
+    if args.split:  # the split's images come from the dataset, and so do the classes
+        ds = _dataset_meta(cfg, args.split)
+        inputs, info = ds, ClassInfo(ds.num_classes, list(ds.classes), list(ds.palette))
+    else:
+        inputs, info = args.input, _class_info(cfg, raw, args.checkpoint, args.num_classes, args.part)
+    model = _load_model(args.model or cfg.student.model, info.num_classes, args.checkpoint, args.part, raw=raw)
+    del raw
     device = pick_device(cfg.train.device)
-    outputs = predict(model.to(device), ds if args.split else args.input, args.out, ds.palette, device=device,
+    outputs = predict(model.to(device), inputs, args.out, info.palette, device=device,
                       mode=cfg.eval.mode, crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, flip=cfg.eval.flip,
                       scales=cfg.eval.scales, eval_scale=cfg.data.eval_scale, opacity=args.opacity,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, overwrite=args.overwrite)
     print(f"wrote {len(outputs) // 2} predictions (index PNG + overlay) to {args.out}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .models import read_checkpoint
     from .models.export import export_onnx, export_student
 
     cfg = _config(args)
-    ds = _dataset_meta(cfg)
-    out = export_student(args.checkpoint, args.out, args.model or cfg.student.model, ds.num_classes,
-                         classes=ds.classes, palette=ds.palette)
+    info = _class_info(cfg, read_checkpoint(args.checkpoint), args.checkpoint, args.num_classes)
+    # Names the checkpoint records are kept by export_student itself; the dataset's are added when it has none.
+    out = export_student(args.checkpoint, args.out, args.model or cfg.student.model, info.num_classes,
+                         classes=None if info.from_checkpoint else info.classes,
+                         palette=None if info.from_checkpoint else info.palette)
     print(f"student-only checkpoint: {out}")
     if args.onnx:
-        model = _load_model(args.model or cfg.student.model, ds.num_classes, str(out))
+        model = _load_model(args.model or cfg.student.model, info.num_classes, str(out))
         size = tuple(args.size) if args.size else tuple(cfg.data.crop_size)
         print(f"ONNX ({size[0]}x{size[1]}, checked against onnxruntime when installed): "
               f"{export_onnx(model, args.onnx, size)}")
@@ -138,18 +213,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_viz_channels(args: argparse.Namespace) -> int:
     from .data import read_image
     from .distill.viz import channel_softmax_figure
+    from .models import read_checkpoint
 
     cfg = _config(args)
     if cfg.teacher is None:
         raise UserError(f"{args.config} names no teacher; viz-channels compares a teacher with a student")
-    ds = _dataset_meta(cfg)
-    teacher = _load_model(cfg.teacher.model, ds.num_classes, args.teacher_checkpoint or cfg.teacher.checkpoint,
+    raw = read_checkpoint(args.checkpoint)
+    info = _class_info(cfg, raw, args.checkpoint, args.num_classes)
+    teacher = _load_model(cfg.teacher.model, info.num_classes, args.teacher_checkpoint or cfg.teacher.checkpoint,
                           args.teacher_part)
-    student = _load_model(cfg.student.model, ds.num_classes, args.checkpoint)
+    student = _load_model(cfg.student.model, info.num_classes, args.checkpoint, raw=raw)
     cwd = [t for t in cfg.distill.losses if t.type == "cwd"]
     tau, tap = (cwd[0].tau, cwd[0].teacher) if cwd else (1.0, "decode_head.conv_seg")
     fig = channel_softmax_figure(teacher, student, read_image(args.image), args.out, tau=tau, tap=tap,
-                                 class_names=ds.classes, input_size=tuple(args.size) if args.size else None)
+                                 class_names=info.classes, input_size=tuple(args.size) if args.size else None)
     print(f"figure: {fig.path}  (CWD on these channels: {fig.loss:.4f})")
     return 0
 
@@ -162,6 +239,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     model = build_segmentor(args.model, args.num_classes)
     print(model_info(model, args.model, tuple(args.size)).table())
+    return 0
+
+
+# ---- prepare -------------------------------------------------------------------------------------
+
+
+def cmd_prepare_cityscapes(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare_cityscapes
+
+    print(prepare_cityscapes(args.data_root, nproc=args.nproc, force=args.force, progress=not args.no_progress)
+          .summary())
+    return 0
+
+
+def cmd_prepare_cache(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare_cache
+
+    print(prepare_cache(args.config, args.overrides, nproc=args.nproc, split=args.split,
+                        progress=not args.no_progress, force=args.force).summary())
     return 0
 
 
@@ -193,6 +289,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="config overrides, e.g. optim.lr=0.005 train.iters=1000")
 
 
+_NUM_CLASSES_HELP = ("classes of the model (default: the checkpoint's meta or classifier, else the config's dataset; "
+                     "the dataset is not needed when the checkpoint says it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segdistill", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -205,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume (default: from the newest checkpoint in the run folder; or from CKPT)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="refuse to continue an existing run folder")
+    p.add_argument("--accept-config-change", action="store_true",
+                   help="resume even though the config changed in a way that changes the run (model, data, batch, "
+                        "schedule, optimizer, losses, seed); the change is recorded in metrics.jsonl")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: per-class IoU/Acc, mIoU, mAcc, aAcc")
@@ -231,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["whole", "slide"])
     p.add_argument("--tta", action="store_true", help="flip + multi-scale test-time augmentation")
     p.add_argument("--opacity", type=float, default=0.5, help="mask opacity in the overlays")
+    p.add_argument("--overwrite", action="store_true", help="replace predictions that already exist in --out")
+    p.add_argument("--num-classes", type=int, help=_NUM_CLASSES_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=cmd_predict)
 
@@ -241,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name (default: the config's student.model)")
     p.add_argument("--onnx", help="also export ONNX to this path")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="ONNX input size (default: data.crop_size)")
+    p.add_argument("--num-classes", type=int, help=_NUM_CLASSES_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("viz-channels", help="teacher vs student channel-wise softmax maps (what CWD aligns)")
@@ -252,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="the image to visualise")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize the image for the forward")
+    p.add_argument("--num-classes", type=int, help=_NUM_CLASSES_HELP)
     p.set_defaults(func=cmd_viz_channels)
 
     p = sub.add_parser("info", help="parameters per part and FLOPs of a model")
@@ -260,9 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=19)
     p.set_defaults(func=cmd_info)
 
-    from .data.prepare import add_prepare_parser
-
-    add_prepare_parser(sub)  # prepare cityscapes DATA_ROOT [--nproc N] [--force] [--no-progress]
+    prepare = sub.add_parser("prepare", help="prepare a dataset for training (Cityscapes: polygons -> "
+                                             "labelTrainIds; the decoded-image cache)")
+    kinds = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    p = kinds.add_parser("cityscapes", help="write *_gtFine_labelTrainIds.png and train/val/test.txt, "
+                                            "like mmseg's converter")
+    p.add_argument("data_root", metavar="DATA_ROOT", help="folder holding gtFine/ and leftImg8bit/")
+    p.add_argument("--nproc", type=int, default=8, help="parallel processes (default 8)")
+    p.add_argument("--force", action="store_true", help="rewrite labels that already exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+    p.set_defaults(func=cmd_prepare_cityscapes)
+    p = kinds.add_parser("cache", help="decode the config's training images and labels once into data.cache "
+                                       "(raw uint8, read by the workers instead of decoding)")
+    _add_config_args(p)
+    p.add_argument("--nproc", type=int, default=8, help="parallel processes (default 8)")
+    p.add_argument("--split", help="the split to cache (default: data.train_split)")
+    p.add_argument("--force", action="store_true", help="rewrite entries that are up to date")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+    p.set_defaults(func=cmd_prepare_cache)
 
     p = sub.add_parser("demo", help="the whole system on generated street scenes, in minutes on a CPU")
     p.add_argument("--work-dir", default="runs/demo")
@@ -271,8 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time a distillation step part by part, or inference latency")
     _add_config_args(p)
-    p.add_argument("--mode", choices=["train", "infer"], default="train",
-                   help="train: per-step breakdown (default); infer: latency of teacher and student")
+    p.add_argument("--mode", choices=["train", "infer", "data"], default="train",
+                   help="train: per-step breakdown (default); infer: latency of teacher and student; "
+                        "data: the training input pipeline's CPU cost per sample, with and without the cache")
+    p.add_argument("--workers", type=int, help="data mode: DataLoader workers for the end-to-end rows "
+                                                "(default data.workers; 0 skips them)")
+    p.add_argument("--samples", type=int, default=60, help="data mode: samples per measurement (default 60)")
+    p.add_argument("--images", type=int, default=24, help="data mode: training images cycled through (default 24)")
     p.add_argument("--iters", type=int, default=10, help="timed steps / calls (default 10); medians are reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps / calls first (default 2)")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="input size (default: data.crop_size)")

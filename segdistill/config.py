@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -39,12 +39,12 @@ class DataConfig:
     flip_prob: float = 0.5
     photometric: bool = True
     # Evaluation resize (keep ratio, (long, short) edge like mmseg's Resize); null = native size.
-    eval_scale: Optional[tuple[int, int]] = (2048, 1024)
+    eval_scale: tuple[int, int] | None = (2048, 1024)
     workers: int = 4
     pin_memory: bool = True
     persistent_workers: bool = True
     # Decoded-image cache folder (raw uint8, memory-mapped; `segdistill prepare cache CONFIG`); null = decode files.
-    cache: Optional[str] = None
+    cache: str | None = None
 
 
 @dataclass
@@ -52,9 +52,9 @@ class StudentConfig:
     """The network that trains."""
 
     model: str = "pspnet_r18-d8"
-    pretrained_backbone: Optional[str] = None  # ImageNet resnetXX_v1c weights (path or URL)
-    checkpoint: Optional[str] = None  # initialise the whole model from a checkpoint instead
-    aux_weight: Optional[float] = None  # every auxiliary head's loss weight; null = the model's own (mmseg's)
+    pretrained_backbone: str | None = None  # ImageNet resnetXX_v1c weights (path or URL)
+    checkpoint: str | None = None  # initialise the whole model from a checkpoint instead
+    aux_weight: float | None = None  # every auxiliary head's loss weight; null = the model's own (mmseg's)
     avg_non_ignore: bool = False  # False = mmseg's CE averaging over all pixels, ignored ones included
     channels_last: bool = False
     sync_bn: bool = True  # SyncBatchNorm when training on several CUDA devices
@@ -86,12 +86,12 @@ class DistillTerm:
     teacher: str = "decode_head.conv_seg"
     weight: float = 5.0
     tau: float = 1.0  # cwd, kd, dist
-    connector: Optional[Literal["convbn", "convbnrelu", "identity", "mgd"]] = None  # mgd: required by (only) type mgd
+    connector: Literal["convbn", "convbnrelu", "identity", "mgd"] | None = None  # mgd: required by (only) type mgd
     # When the two maps differ in H, W (e.g. a stride-4 student, a stride-8 teacher): "student" resizes the
     # teacher's map to the student's, "teacher" the student's (after its connector) to the teacher's, both
     # bilinear with align_corners=False; "none" refuses in one line. See docs/losses.md.
     align: Literal["none", "student", "teacher"] = "none"
-    pool_size: Optional[int] = None  # pairwise: average-pool both maps to this size first (memory is O((HW)^2))
+    pool_size: int | None = None  # pairwise: average-pool both maps to this size first (memory is O((HW)^2))
     p: float = 2.0  # at: the exponent of the attention map
     inter_weight: float = 1.0  # dist: weight of the inter-class relation (each pixel's classes)
     intra_weight: float = 1.0  # dist: weight of the intra-class relation (each class over the batch's pixels)
@@ -130,7 +130,7 @@ class OptimConfig:
     momentum: float = 0.9  # sgd
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
     weight_decay: float = 0.0005
-    norm_weight_decay: Optional[float] = None  # weight decay on norm layers and biases; null = same as above
+    norm_weight_decay: float | None = None  # weight decay on norm layers and biases; null = same as above
     paramwise: list[ParamRule] = field(default_factory=list)  # e.g. SegFormer: head lr x10, no decay on norms
     power: float = 0.9
     min_lr: float = 0.0001
@@ -139,7 +139,7 @@ class OptimConfig:
     # "mmengine": exactly mmseg 1.x's LinearLR then PolyLR; "scaled_warmup": segdistill 0.1's form (the CamVid
     # study keeps it). See segdistill.engine.schedule.poly_lr.
     schedule: Literal["mmengine", "scaled_warmup"] = "mmengine"
-    grad_clip: Optional[float] = None  # max global grad norm
+    grad_clip: float | None = None  # max global grad norm
 
 
 @dataclass
@@ -151,7 +151,7 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     # The recipe's samples per optimizer step over all processes (world size x batch_size x accumulate).
     # A run whose effective global batch differs stops with the exact fixes; null = no check.
-    global_batch: Optional[int] = None
+    global_batch: int | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"
     device: str = "auto"  # auto | cpu | cuda
     log_interval: int = 50
@@ -167,8 +167,8 @@ class EvalConfig:
     """Inference used by evaluation: whole image or sliding window, optional flip / multi-scale."""
 
     mode: Literal["whole", "slide"] = "whole"
-    crop_size: Optional[tuple[int, int]] = None
-    stride: Optional[tuple[int, int]] = None
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
     flip: bool = False
     scales: list[float] = field(default_factory=lambda: [1.0])
 
@@ -179,10 +179,10 @@ class Config:
 
     name: str = "experiment"
     seed: int = 0
-    work_dir: Optional[str] = None  # default: runs/<name>
+    work_dir: str | None = None  # default: runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
-    teacher: Optional[TeacherConfig] = None
+    teacher: TeacherConfig | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -221,7 +221,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise UserError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
-            return tuple(_convert(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_convert(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item = args[0] if args else Any
         items = [_convert(v, item, f"{where}.{i}") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+#: The names :func:`atomic_path` gives its temporary files: ``.<stem>.<8 random characters>.tmp<suffix>``
+#: (``tempfile.mkstemp``'s random part is 8 characters of ``[a-z0-9_]``).
+TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
 
 @contextlib.contextmanager
@@ -19,7 +24,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the real suffix last so writers that pick a format from the extension still work.
+    # Keep the real suffix last so writers that pick a format from the extension still work. The name
+    # is what TEMP_RE matches: a killed writer's leftovers can be recognised and removed later.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -34,6 +40,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_path` that a killed process left in ``folder`` (not below it).
+
+    Only names that :data:`TEMP_RE` matches are touched. Call it only where no other process of ours
+    can be writing at the same time (a run folder whose lock this process holds). Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if TEMP_RE.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "camvid_study.py"
 
@@ -47,3 +49,134 @@ def test_paired_t_sign_and_degenerate_cases(study) -> None:
     assert study.paired_t([1.0, 1.0]) == (math.inf, 0.0)
     with pytest.raises(ValueError):
         study.paired_t([1.0])
+
+
+# ---- the report's logic, on synthetic rows (no training) -------------------------------------------------
+
+
+def _row(arm: str, seed: int, miou: float) -> dict:
+    return {"run": f"{arm}_s{seed}", "arm": arm, "seed": seed, "final_mIoU": miou, "wall_time_s": 600.0,
+            "per_class_IoU": {"sky": miou + 40, "road": miou + 30}}
+
+
+def test_gains_are_paired_by_seed_not_by_position(study) -> None:
+    # The distilled arm lacks seed 1 and lists its seeds out of order: pairs must follow the seeds.
+    rows = [_row("baseline", s, m) for s, m in ((0, 40.0), (1, 41.0), (2, 42.0))]
+    rows += [_row("cwd_logits", 2, 45.0), _row("cwd_logits", 0, 41.5)]
+    (gain,) = study.gains(study.group_rows(rows))
+    assert (gain.a, gain.b, gain.seeds, gain.deltas) == ("cwd_logits", "baseline", (0, 2), (1.5, 3.0))
+    assert gain.test == study.paired_t([1.5, 3.0])  # one-sided: H1 gain > 0
+    assert gain.cells().startswith("s0, s2 | +1.50, +3.00 | +2.25 ± 1.06 |")
+
+
+def test_method_differences_are_two_sided_and_never_rank_without_support(study) -> None:
+    base = [_row("baseline", s, 40.0 + s) for s in (0, 1, 2)]
+    cwd = [_row("cwd_logits", s, 43.0 + s + d) for s, d in ((0, 0.1), (1, -0.4), (2, 0.3))]
+    dist = [_row("dist_logits", s, 43.0 + s + d) for s, d in ((0, -0.2), (1, 0.5), (2, 0.0))]
+    std = [_row("cwd_logits_std", s, 41.0 + s + d) for s, d in ((0, 0.0), (1, 0.1), (2, -0.1))]
+    other_student = [_row("mv2_cwd_logits", s, 30.0 + s) for s in (0, 1, 2)]  # never compared with PSPNet arms
+    groups = study.group_rows(base + cwd + dist + std + other_student)
+    diffs = {(d.a, d.b): d for d in study.method_differences(groups)}
+    assert set(diffs) == {("cwd_logits", "dist_logits"), ("cwd_logits", "cwd_logits_std"),
+                          ("dist_logits", "cwd_logits_std")}
+    close = diffs[("cwd_logits", "dist_logits")]
+    assert close.deltas == pytest.approx((0.3, -0.9, 0.3))
+    t1, p1 = study.paired_t(list(close.deltas))
+    assert close.test == pytest.approx((t1, 2 * min(p1, 1 - p1)))
+    assert close.verdict() == "not shown with 3 seeds"  # a mean of -0.10 that the seeds do not support
+    clear = diffs[("cwd_logits", "cwd_logits_std")]  # +2 on every seed, up to +-0.2
+    assert clear.test[1] < 0.05 and clear.verdict().startswith(study.ARMS["cwd_logits"].label + " higher")
+    reverse = diffs[("dist_logits", "cwd_logits_std")]
+    assert reverse.mean > 0 and "higher" in reverse.verdict()
+    # Two-sided: the sign of the difference does not change the p-value.
+    assert study.two_sided_p([-d for d in close.deltas])[1] == pytest.approx(close.test[1])
+
+
+def test_one_seed_in_common_is_listed_only_for_a_variant_of_the_same_config(study) -> None:
+    rows = [_row("segformer_baseline", 0, 30.0), _row("segformer_cwd_logits", 0, 33.0),
+            _row("segformer_cwd_logits_align_teacher", 0, 34.0), _row("baseline", 0, 40.0),
+            _row("kd_logits", 0, 42.0), _row("cwd_logits", 0, 42.5), _row("mv2_cwd_logits", 0, 39.0)]
+    diffs = study.method_differences(study.group_rows(rows))
+    # kd vs cwd share one seed and are different methods: not listed; the align variant is, unranked;
+    # arms of different students are never compared.
+    assert [(d.a, d.b) for d in diffs] == [("segformer_cwd_logits", "segformer_cwd_logits_align_teacher")]
+    assert diffs[0].test is None and diffs[0].verdict() == "1 seed pair: no test, not ranked"
+    assert diffs[0].cells().startswith("s0 | -1.00 | -1.00 | - | - |")
+
+
+def test_report_tables_keep_the_existing_results(study) -> None:
+    doc = json.loads((SCRIPT.parents[1] / "docs" / "results" / "camvid_study.json").read_text())
+    table = study.report_tables(doc["runs"])
+    assert "| PSPNet-R18-D8 | PSPNet-R18-D8 alone | 3 | 42.15 ± 0.60 |" in table
+    assert "| s0, s1, s2 | +1.57, +2.97, +3.27 | +2.60 ± 0.91 | 4.96 | 0.019 | gain shown" in table
+    assert "| SegFormer-B0 | SegFormer-B0 alone | 0 | - | queued | - |" in table
+
+
+def test_deploy_table_fills_what_is_finished_and_leaves_the_rest_empty(study) -> None:
+    rows = [_row("teacher", 0, 45.0), _row("mv2_baseline", 0, 38.0), _row("mv2_baseline", 1, 39.0),
+            _row("mv2_cwd_logits", 1, 41.5), _row("mv2_cwd_logits", 2, 50.0)]  # s2 has no partner
+    stats = {"deeplabv3plus_m-v2-d8": {"params_m": 15.1234, "gflops": 7.891}}
+    latency = {"date": "2026-12-01", "machine": "test", "models": {"deeplabv3plus_m-v2-d8": {"eager fp32": 12.34}}}
+    lines = study.deploy_table(rows, stats, latency).splitlines()
+    teacher, r18, mv2, segformer = lines[2:6]
+    assert teacher == "| PSPNet-R50-D8 | teacher |  |  |  |  | 45.00 |  |  |"
+    assert r18 == "| PSPNet-R18-D8 | student |  |  |  |  |  |  |  |"
+    # Gain paired by seed (s1 only: 41.5 - 39.0), not the difference of the arms' means.
+    assert mv2 == "| DeepLabV3+-MobileNetV2-D8 | student | 15.12 | 7.89 | 12.3 |  | 38.50 ± 0.71 | 45.75 ± 6.01 | " \
+                  "+2.50 (1 pair) |"
+    assert segformer == "| SegFormer-B0 | student |  |  |  |  |  |  |  |"
+
+
+def test_deploy_stats_count_the_deployed_network_only(study) -> None:
+    stats = study.deploy_stats("pspnet_r18-d8-tiny")
+    from segdistill.models import build_segmentor
+
+    net = build_segmentor("pspnet_r18-d8-tiny", 11).eval()
+    aux = sum(p.numel() for p in net.auxiliary_head.parameters())
+    assert stats["params_m"] * 1e6 == sum(p.numel() for p in net.parameters()) - aux
+    # FLOPs of the inference forward: without the auxiliary head, at the study's evaluation size.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = {}
+    for with_aux in (False, True):
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            net(torch.zeros(1, 3, 180, 240), with_aux=with_aux)
+        counted[with_aux] = counter.get_total_flops() / 1e9
+    assert stats["gflops"] == pytest.approx(counted[False]) and counted[False] < counted[True]
+
+
+def test_the_study_runs_in_the_order_of_the_issues(study) -> None:
+    ids = [r.run_id for r in study.study()]
+    assert ids[:10] == ["teacher", "baseline_s0", "cwd_logits_s0", "baseline_s1", "cwd_logits_s1", "baseline_s2",
+                        "cwd_logits_s2", "cwd_logits_feats_s0", "kd_logits_s0", "cwd_logits_tau4_s0"]  # as run
+    assert ids[10:] == [
+        "mv2_baseline_s0", "mv2_cwd_logits_s0", "mv2_baseline_s1", "mv2_cwd_logits_s1", "mv2_baseline_s2",
+        "mv2_cwd_logits_s2", "segformer_baseline_s0", "segformer_cwd_logits_s0", "segformer_baseline_s1",
+        "segformer_cwd_logits_s1", "segformer_baseline_s2", "segformer_cwd_logits_s2",
+        "segformer_cwd_logits_align_teacher_s0", "kd_logits_s1", "kd_logits_s2", "dist_logits_s0", "dist_logits_s1",
+        "dist_logits_s2", "cwd_logits_std_s0", "cwd_logits_std_s1", "cwd_logits_std_s2", "mgd_bottleneck_s0"]
+    runs = {r.run_id: r for r in study.study()}
+    assert runs["mv2_baseline_s1"].overrides() == ["seed=1", "teacher=null"]
+    teacher_ckpt = f"teacher.checkpoint={study.RUNS / 'teacher' / 'final.pth'}"
+    assert runs["segformer_cwd_logits_align_teacher_s0"].overrides() == [
+        "seed=0", teacher_ckpt, "name=camvid_cwd_logits_segformer_mit-b0_align_teacher",
+        "distill.losses.0.align=teacher"]
+
+
+def test_every_arm_config_loads_with_its_overrides(study) -> None:
+    from segdistill.config import load_config
+
+    for run in study.study():
+        cfg = load_config(SCRIPT.parents[1] / run.config, run.overrides())
+        arm = study.ARMS[run.arm]
+        assert cfg.student.model == arm.student and (cfg.teacher is not None) == (arm.alone is not None)
+        assert (cfg.train.iters, cfg.train.batch_size, cfg.train.amp, cfg.optim.schedule) == (
+            1600, 8, "bf16", "scaled_warmup")
+        assert (cfg.data.crop_size, cfg.data.eval_scale, cfg.optim.warmup_iters) == ((128, 160), (240, 180), 100)
+        assert cfg.student.pretrained_backbone is None and cfg.student.checkpoint is None  # from scratch
+        if cfg.teacher is not None:
+            assert cfg.teacher.model == study.TEACHER_MODEL
+    segformer = load_config(SCRIPT.parents[1] / study.ARMS["segformer_baseline"].config)
+    assert segformer.optim.type == "adamw"
+    assert [r.key for r in segformer.optim.paramwise] == ["pos_block", "norm", "head"]

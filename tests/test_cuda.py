@@ -19,7 +19,6 @@ import copy
 import datetime
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,7 +300,7 @@ def test_pinned_memory_loading(real_cuda: torch.device, plain_run: tuple[Config,
                                                   "data.persistent_workers": "true"}), tmp_path / "pinned")
     images = [s for s in pinned if len(s) == 4]
     record_property("pinned_batches", str(len(images)))
-    assert len(images) >= 3 and images[0] == (2, 3, 48, 48), pinned[:4]
+    assert len(images) >= 3 and images[0][:2] == (2, 3), pinned[:4]  # >= one image batch per iteration
     error = _update_error(cfg, plain, tmp_path / "pinned")
     record_property("update_error_vs_unpinned", f"{error:.2e}")
     assert error < 1e-3  # the same batches (workers 0 vs 2 give the same samples) and the same steps
@@ -312,11 +311,11 @@ def test_pinned_memory_loading(real_cuda: torch.device, plain_run: tuple[Config,
 
 def test_a_checkpoint_saved_on_the_gpu_loads_on_the_cpu_and_back(device: torch.device, tiny_dataset: Path,
                                                                  tmp_path: Path, record_property: Any) -> None:
-    cfg = _cfg(tiny_dataset, device, **{"train.iters": 2, "train.checkpoint_interval": 2})
+    cpu = torch.device("cpu")
+    cfg = _cfg(tiny_dataset, device, **{"train.iters": 4, "train.checkpoint_interval": 2})
     train(cfg, tmp_path / "gpu")
-    # The training checkpoint holds the device's tensors (weights, momentum buffers, CUDA RNG state).
-    state = torch.load(iter_checkpoints(tmp_path / "gpu")[0], map_location="cpu", weights_only=False)
-    saved = {k: v.clone() for k, v in state["state_dict"].items()}
+    # A student checkpoint written from the device's weights loads on the CPU, and back, bit for bit.
+    saved = _final(tmp_path / "gpu")
     cpu_model = build_segmentor("pspnet_r18-d8-tiny", 3)
     load_checkpoint(cpu_model, tmp_path / "gpu" / "final.pth")
     assert all(torch.equal(cpu_model.state_dict()[k], saved[k]) for k in saved)
@@ -326,17 +325,20 @@ def test_a_checkpoint_saved_on_the_gpu_loads_on_the_cpu_and_back(device: torch.d
     assert all(v.device.type == device.type for v in dev_model.state_dict().values())
     assert all(torch.equal(v.cpu(), saved[k]) for k, v in dev_model.state_dict().items())
 
-    # The trainer resumes the device's checkpoint on the CPU, and the CPU's on the device.
-    shutil.copytree(tmp_path / "gpu", tmp_path / "hop")
-    (tmp_path / "hop" / "final.pth").unlink()
-    train(_cfg(tiny_dataset, torch.device("cpu"), **{"train.iters": 3, "train.checkpoint_interval": 1}),
-          tmp_path / "hop")
-    result = train(_cfg(tiny_dataset, device, **{"train.iters": 4, "train.checkpoint_interval": 1}),
-                   tmp_path / "hop")
-    rows = [json.loads(x) for x in (tmp_path / "hop" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
+    # A training checkpoint holds the device's tensors (weights, momentum buffers, the CUDA RNG state):
+    # the trainer resumes the device's iteration 2 on the CPU, and the CPU's iteration 3 on the device.
+    every = {"train.iters": 4, "train.checkpoint_interval": 1}
+    train(_cfg(tiny_dataset, cpu, **every), tmp_path / "cpu",
+          resume=tmp_path / "gpu" / "checkpoints" / "iter_0000002.pth")
+    result = train(_cfg(tiny_dataset, device, **every), tmp_path / "back",
+                   resume=tmp_path / "cpu" / "checkpoints" / "iter_0000003.pth")
+    for run, iters in (("cpu", [3, 4]), ("back", [4])):
+        rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["iter"] for r in rows if r["kind"] == "train"] == iters
     assert all(np.isfinite(r["loss"]) for r in result.history)
-    record_property("round_trip", "bit-exact weights; resumed device->cpu->device for 4 iterations")
+    # (The CPU's and the device's iteration 4 are not compared: dropout draws from each device's own
+    # generator, so their masks differ by design.)
+    record_property("round_trip", "bit-exact weights; resumed device -> cpu -> device")
 
 
 def test_resume_on_the_gpu_ends_where_the_uninterrupted_run_ends(device: torch.device,

@@ -107,7 +107,8 @@ def test_jpeg_and_palette_and_colour_masks_are_cached_exactly(tmp_path: Path) ->
         if i == 0:  # an RGB colour mask
             Image.fromarray(colours[index]).save(root / "masks" / f"f{i}.png")
         else:  # a palette mask (indices 0, 1 and 255)
-            Image.fromarray(np.where(index == 2, 255, index).astype(np.uint8)).convert("P").save(root / "masks" / f"f{i}.png")
+            palette = Image.fromarray(np.where(index == 2, 255, index).astype(np.uint8)).convert("P")
+            palette.save(root / "masks" / f"f{i}.png")
     ds = FolderDataset(root)
     build_decoded_cache(ds, tmp_path / "cache", progress=False, log=None)
     reference = [ds.decode(i) for i in range(3)]
@@ -155,8 +156,8 @@ def test_cached_training_samples_equal_decoded_ones_through_workers(city: Citysc
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
-        for a, b in zip(batches(plain, 0), batches(cached, 2)):
-            assert all(torch.equal(x, y) for x, y in zip(a, b))
+        for a, b in zip(batches(plain, 0), batches(cached, 2), strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -345,3 +346,42 @@ def test_prepare_cache_command(city: CityscapesDataset, tmp_path: Path, capsys) 
     assert "4 of 4 samples to decode" in out[0] and "4 samples written" in out[-1]
     assert main(argv) == 0
     assert "4 already up to date" in capsys.readouterr().out
+
+
+def test_training_with_the_cache_gives_the_same_weights_as_decoding(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The cache changes where pixels come from, never which: 3 iterations end with equal weights."""
+    import torch
+    from conftest import tiny_config_tree
+
+    from segdistill.config import config_from_dict
+    from segdistill.engine.trainer import train
+
+    tree = tiny_config_tree(tiny_dataset)
+    tree["train"].update(iters=3, eval_interval=3, checkpoint_interval=100)
+    plain = train(config_from_dict(tree), tmp_path / "plain")
+    tree["data"]["cache"] = str(tmp_path / "cache")
+    cached = train(config_from_dict(tree), tmp_path / "cached")
+    assert any((tmp_path / "cache").iterdir())  # built on first use
+    a = torch.load(tmp_path / "plain" / "final.pth", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "cached" / "final.pth", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain.metrics is not None and cached.metrics is not None
+    assert plain.metrics.mIoU == cached.metrics.mIoU
+
+
+def test_bench_data_mode_through_the_cli(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    import yaml
+    from conftest import tiny_config_tree
+
+    from segdistill import cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_tree(tiny_dataset)))
+    out = tmp_path / "b.json"
+    assert cli.main(["bench", str(path), "--mode", "data", "--samples", "4", "--images", "4", "--workers", "0",
+                     "--no-progress", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mode"] == "data" and report["data"]
+    assert cli.main(["bench", str(path), "--mode", "data", "--workers", "-1"]) == 2

@@ -39,7 +39,8 @@ def write_label(path: Path, label: np.ndarray, mode: str | None = None) -> None:
     img.save(path)
 
 
-def sample(h: int = 12, w: int = 16, seed: int = 0, values: tuple[int, ...] = (0, 1, 2, 255)) -> tuple[np.ndarray, np.ndarray]:
+def sample(h: int = 12, w: int = 16, seed: int = 0,
+           values: tuple[int, ...] = (0, 1, 2, 255)) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     label = rng.choice(np.array(values, dtype=np.uint8), size=(h, w))
@@ -55,7 +56,8 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 # --------------------------------------------------------------------------------------------- Cityscapes
 
 
-def make_cityscapes(root: Path, split: str = "train", n: int = 3, label_kind: str = "labelTrainIds") -> list[tuple[np.ndarray, np.ndarray]]:
+def make_cityscapes(root: Path, split: str = "train", n: int = 3,
+                    label_kind: str = "labelTrainIds") -> list[tuple[np.ndarray, np.ndarray]]:
     samples = []
     for i in range(n):
         city = ["aachen", "bonn"][i % 2]
@@ -214,7 +216,8 @@ def test_real_camvid(camvid_root: Path) -> None:
 # --------------------------------------------------------------------------------------------- folder
 
 
-def make_folder(root: Path, classes: str = "road 128 64 128\nsky 70 130 180\n# a comment\ncar 0 0 142  # trailing\n") -> None:
+def make_folder(root: Path,
+                classes: str = "road 128 64 128\nsky 70 130 180\n# a comment\ncar 0 0 142  # trailing\n") -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text(classes)
 
@@ -264,7 +267,8 @@ def test_folder_unknown_colour_is_named(tmp_path: Path) -> None:
 
 def test_folder_yaml_classes_and_splits(tmp_path: Path) -> None:
     (tmp_path / "classes.yaml").write_text(
-        "classes:\n  - {name: background, color: [0, 0, 0]}\n  - {name: cell, color: [255, 255, 255]}\nignore_color: [255, 0, 0]\n"
+        "classes:\n  - {name: background, color: [0, 0, 0]}\n  - {name: cell, color: [255, 255, 255]}\n"
+        "ignore_color: [255, 0, 0]\n"
     )
     image, _ = sample(values=(0, 1))
     rgb_mask = np.zeros((12, 16, 3), np.uint8)
@@ -358,7 +362,7 @@ def test_train_batches_do_not_depend_on_worker_count(tmp_path: Path) -> None:
         it = iter(loader)
         return [next(it) for _ in range(3)]
 
-    for (i0, l0, v0), (i2, l2, v2) in zip(batches(0), batches(2)):
+    for (i0, l0, v0), (i2, l2, v2) in zip(batches(0), batches(2), strict=True):
         assert torch.equal(i0, i2) and torch.equal(l0, l2) and torch.equal(v0, v2)
         assert i0.dtype == torch.uint8 and i0.shape == (2, 3, 8, 8) and v0.shape == (2, 2)
 

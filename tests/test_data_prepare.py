@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -11,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segdistill import cli
 from segdistill.data.datasets import CityscapesDataset
 from segdistill.data.demo_scenes import DEMO_LABELS, generate_demo_scenes
-from segdistill.data.prepare import add_prepare_parser, prepare_cityscapes
+from segdistill.data.prepare import prepare_cityscapes
 from segdistill.errors import UserError
 
 pytest.importorskip("cityscapesscripts")
@@ -105,10 +105,9 @@ def test_missing_cityscapesscripts_says_how_to_install(scenes: Path, monkeypatch
 
 
 def test_cli_parser_and_handler(scenes: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="segdistill")
-    add_prepare_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["prepare", "cityscapes", str(scenes), "--nproc", "1", "--force", "--no-progress"])
-    assert (args.data_root, args.nproc, args.force, args.progress) == (str(scenes), 1, True, False)
+    args = cli.build_parser().parse_args(["prepare", "cityscapes", str(scenes), "--nproc", "1", "--force",
+                                          "--no-progress"])
+    assert (args.data_root, args.nproc, args.force, args.no_progress) == (str(scenes), 1, True, True)
     assert args.func(args) == 0
     assert "6 labelTrainIds written" in capsys.readouterr().out
     assert len(list(scenes.glob("gtFine/*/*/*_labelTrainIds.png"))) == 6

@@ -9,9 +9,8 @@ import torch
 
 from segdistill.data.preprocess import DataPreprocessor
 from segdistill.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Compose,
+    MEAN_RGB,
+    STD_RGB,
     Normalize,
     PackTrainSample,
     Pad,
@@ -135,7 +134,8 @@ def test_random_crop_is_a_window_of_image_and_label_at_the_same_place() -> None:
 
 
 def test_random_crop_smaller_image_gives_smaller_crop() -> None:
-    out_img, out_lbl = RandomCrop(crop_size=(64, 64))(coord_image(20, 100), blocky_label(20, 100), np.random.default_rng(0))
+    crop = RandomCrop(crop_size=(64, 64))
+    out_img, out_lbl = crop(coord_image(20, 100), blocky_label(20, 100), np.random.default_rng(0))
     assert out_img.shape == (20, 64, 3) and out_lbl.shape == (20, 64)
 
 
@@ -161,7 +161,8 @@ def test_cat_max_ratio_is_honoured_when_possible() -> None:
 
 def test_cat_max_ratio_keeps_last_crop_when_impossible() -> None:
     label = np.full((40, 40), 5, dtype=np.uint8)  # one class: no crop can pass
-    out_img, out_lbl = RandomCrop(crop_size=(16, 16), cat_max_ratio=0.75)(coord_image(40, 40), label, np.random.default_rng(3))
+    crop = RandomCrop(crop_size=(16, 16), cat_max_ratio=0.75)
+    out_img, out_lbl = crop(coord_image(40, 40), label, np.random.default_rng(3))
     assert out_img.shape == (16, 16, 3) and (out_lbl == 5).all()
 
 
@@ -282,7 +283,7 @@ def test_normalize_is_rgb_mean_std_in_float32() -> None:
     image[0, 0] = (255, 0, 10)
     out, _ = Normalize()(image, blocky_label(2, 3), np.random.default_rng(0))
     assert out.dtype == np.float32
-    mean, std = np.float32(IMAGENET_MEAN), np.float32(IMAGENET_STD)
+    mean, std = np.float32(MEAN_RGB), np.float32(STD_RGB)
     np.testing.assert_array_equal(out[0, 0], (np.float32([255, 0, 10]) - mean) / std)
     np.testing.assert_array_equal(out[1, 1], -mean / std)
     assert out[0, 0, 0] == pytest.approx((255 - 123.675) / 58.395, rel=1e-6)
@@ -351,9 +352,8 @@ def test_eval_pipeline_keeps_label_resolution() -> None:
     assert img_t.shape == (3, 60, 80) and lbl_t.shape == (30, 40)
     img_t, lbl_t = build_eval_pipeline(scale=None)(image, label, np.random.default_rng(0))
     assert img_t.shape == (3, 30, 40)
-    expected = (torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(
-        IMAGENET_STD
-    ).view(3, 1, 1)
+    mean, std = torch.tensor(MEAN_RGB).view(3, 1, 1), torch.tensor(STD_RGB).view(3, 1, 1)
+    expected = (torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) - mean) / std
     torch.testing.assert_close(img_t, expected, rtol=0, atol=1e-6)
 
 
@@ -375,7 +375,7 @@ def test_bad_parameters_are_user_errors(make) -> None:
     assert "\n" not in str(info.value)
 
 
-# --------------------------------------------------------------------------------------------- fast paths = reference arithmetic
+# ------------------------------------------------------------------------------------ fast paths = reference arithmetic
 # The transforms compute the reference's results faster (tables, cv2.calcHist, cv2.flip, uint8 workers with
 # normalisation on the device). These tests replay the plain per-pixel reference code with the same random
 # draws and demand the very same bytes / float32 values.
@@ -461,7 +461,7 @@ def reference_train_sample(image: np.ndarray, label: np.ndarray, rng: np.random.
     if rng.random() < 0.5:
         image, label = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
     image = reference_photometric(image, rng)
-    image = (image.astype(np.float32) - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+    image = (image.astype(np.float32) - np.float32(MEAN_RGB)) / np.float32(STD_RGB)
     pad = ((0, crop[0] - image.shape[0]), (0, crop[1] - image.shape[1]))
     image = np.pad(image, (*pad, (0, 0)), constant_values=0.0)
     label = np.pad(label, pad, constant_values=255)
@@ -499,7 +499,7 @@ def test_preprocessor_pads_each_sample_of_a_batch_by_its_own_size() -> None:
     before = labels.clone()
     x, y = DataPreprocessor()(images, labels, valid)
     assert torch.equal(labels, before)  # an int64 label batch is not written into
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean, std = torch.tensor(MEAN_RGB).view(3, 1, 1), torch.tensor(STD_RGB).view(3, 1, 1)
     for i, (h, w) in enumerate(valid.tolist()):
         assert torch.equal(x[i, :, :h, :w], (images[i, :, :h, :w].float() - mean) / std)
         assert (x[i, :, h:] == 0).all() and (x[i, :, :, w:] == 0).all()
@@ -524,3 +524,12 @@ def test_pack_train_sample_is_an_exact_channel_first_copy() -> None:
     assert big_out.image.shape == (3, 27, 37) and big_out.valid_hw.tolist() == [27, 37]
     with pytest.raises(UserError, match="uint8"):
         PackTrainSample((8, 8))(view.astype(np.float32), label)
+
+
+def test_pack_train_sample_copies_itself_if_opencv_does_not_write_into_the_planes(monkeypatch) -> None:
+    import segdistill.data.transforms as transforms
+
+    view = street_like(40, 50, seed=4)[2:30, 3:40]
+    monkeypatch.setattr(transforms.cv2, "split", lambda image, planes: [image[:, :, c].copy() for c in range(3)])
+    out = PackTrainSample((32, 40))(view, blocky_label(28, 37))
+    assert torch.equal(out.image[:, :28, :37], torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,10 @@ TINY = "pspnet_r18-d8-tiny"
 
 
 class OpaqueMeta:
-    """Stands for the custom objects mmengine metas may carry (picklable, but not by the safe loader)."""
+    """Stands for the custom objects mmengine metas may carry (picklable, but not by the safe loader).
+
+    It is pickled under an mmengine module name (see the test), as mmengine's own objects are.
+    """
 
 
 def tiny(seed: int, num_classes: int = 4) -> torch.nn.Module:
@@ -74,7 +79,11 @@ def test_training_checkpoint(tmp_path: Path) -> None:
     assert out.stat().st_size < src.stat().st_size
 
 
-def test_mmrazor_checkpoint_keeps_student_only(tmp_path: Path) -> None:
+def test_mmrazor_checkpoint_keeps_student_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("mmengine", "mmengine.fake_meta"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setattr(sys.modules["mmengine.fake_meta"], "OpaqueMeta", OpaqueMeta, raising=False)
+    monkeypatch.setattr(OpaqueMeta, "__module__", "mmengine.fake_meta")
     student, teacher = tiny(1), tiny(2)
     sd = {f"architecture.{k}": v for k, v in student.state_dict().items()}
     sd.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from segdistill.data.datasets import read_image
+from segdistill.data.preprocess import normalize_image
 from segdistill.data.transforms import rescale_size
 from segdistill.errors import UserError
-from segdistill.evaluation.predict import (collect_images, colorize, default_palette, normalize_image, overlay,
-                                           predict)
+from segdistill.evaluation.predict import collect_images, colorize, default_palette, overlay, predict
 from segdistill.models import MEAN_RGB, STD_RGB, build_segmentor
 
 NUM_CLASSES = 5

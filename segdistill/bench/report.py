@@ -109,6 +109,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.batch is not None:
         overrides.append(f"train.batch_size={args.batch}")
     cfg = load_config(args.config, overrides)
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"bench --workers must be >= 0, got {args.workers}")
     if args.mode == "train" and cfg.train.batch_size < 2:
         # PSP's and ASPP's pooled 1x1 maps give train-mode BatchNorm one value per channel, which fails.
         raise UserError(f"bench --mode train needs a batch of at least 2, got {cfg.train.batch_size} "
@@ -123,7 +125,14 @@ def run_bench_command(args: argparse.Namespace) -> int:
               f"{torch.__version__}, {torch.get_num_threads()} threads; medians of {args.iters} after "
               f"{args.warmup} warm-up")
     print(header + "\n")
-    if args.mode == "infer":
+    if args.mode == "data":
+        from .data import bench_data
+
+        data = bench_data(cfg, workers=args.workers, samples=args.samples, images=args.images,
+                          progress=not args.no_progress)
+        print(data.markdown())
+        report["data"] = data.to_dict()
+    elif args.mode == "infer":
         rows = bench_infer(cfg, iters=args.iters, warmup=args.warmup, num_classes=args.num_classes,
                            compile=not args.no_compile, onnx=not args.no_onnx, device=device)
         print(infer_table(rows))

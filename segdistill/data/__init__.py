@@ -1,8 +1,8 @@
 """The data stage: datasets, paired transforms, a resumable sharded sampler, Cityscapes preparation, demo scenes,
 the decoded-image cache and the on-device preprocessor."""
 
-from segdistill.data.cache import CacheReport, CacheWarning, DecodedCache, build_decoded_cache
-from segdistill.data.datasets import (
+from .cache import CacheReport, CacheWarning, DecodedCache, build_decoded_cache
+from .datasets import (
     CAMVID_CLASSES,
     CAMVID_PALETTE,
     CITYSCAPES_CLASSES,
@@ -20,14 +20,14 @@ from segdistill.data.datasets import (
     read_image,
     read_label_array,
 )
-from segdistill.data.demo_scenes import DEMO_LABELS, DemoScenesReport, generate_demo_scenes
-from segdistill.data.loader import prepare_worker_fork, worker_init
-from segdistill.data.prepare import PrepareReport, add_prepare_parser, prepare_cityscapes, run_prepare
-from segdistill.data.preprocess import DataPreprocessor
-from segdistill.data.sampler import InfiniteSampler
-from segdistill.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from .demo_scenes import DEMO_LABELS, DemoScenesReport, generate_demo_scenes
+from .loader import prepare_worker_fork, worker_init
+from .prepare import PrepareReport, prepare_cache, prepare_cityscapes
+from .preprocess import DataPreprocessor
+from .sampler import InfiniteSampler
+from .transforms import (
+    MEAN_RGB,
+    STD_RGB,
     Compose,
     Normalize,
     PackTrainSample,
@@ -54,8 +54,8 @@ __all__ = [
     "DATASET_KINDS",
     "DEMO_LABELS",
     "IGNORE_INDEX",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
+    "MEAN_RGB",
+    "STD_RGB",
     "CacheReport",
     "CacheWarning",
     "CamVidDataset",
@@ -82,7 +82,6 @@ __all__ = [
     "TrainSample",
     "TrainSet",
     "Transform",
-    "add_prepare_parser",
     "build_dataset",
     "build_decoded_cache",
     "build_eval_pipeline",
@@ -95,5 +94,5 @@ __all__ = [
     "read_label_array",
     "worker_init",
     "rescale_size",
-    "run_prepare",
+    "prepare_cache",
 ]

@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from segdistill.errors import UserError
-from segdistill.progress import progress_bar
+from ..errors import UserError
+from ..progress import progress_bar
 
 if TYPE_CHECKING:
-    from segdistill.data.datasets import SegDataset
+    from .datasets import SegDataset
 
 __all__ = ["MAGIC", "SUFFIX", "CacheWarning", "DecodedCache", "CacheReport", "build_decoded_cache", "read_entry"]
 
@@ -224,7 +224,7 @@ class DecodedCache:
         size, mtime_ns = stamp if stamp is not None else _stamp(Path(source))
         data = np.ascontiguousarray(array)
         meta = {"kind": kind, "key": key, "source": os.path.abspath(source), "size": size, "mtime_ns": mtime_ns,
-                "shape": list(data.shape), "dtype": "uint8", "offset": 0, "crc32": zlib.crc32(data)}
+                "shape": list(data.shape), "dtype": "uint8", "offset": 0, "crc32": zlib.crc32(data.data)}
         # The offset is part of the JSON, so size the JSON with a generous offset first.
         meta["offset"] = _ALIGN * (1 << 20)
         offset = -(-(_PREFIX + len(json.dumps(meta).encode("utf-8"))) // _ALIGN) * _ALIGN
@@ -237,7 +237,7 @@ class DecodedCache:
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + len(text).to_bytes(4, "little") + text)
                 f.write(b"\0" * (offset - _PREFIX - len(text)))
-                f.write(memoryview(data).cast("B"))
+                f.write(data.data.cast("B"))
             # No fsync: a crash can leave a renamed file whose data never reached the disk, but its
             # CRC-32 then fails and the reader decodes the source instead.
             os.chmod(tmp, 0o644)

@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segdistill.errors import UserError
-from segdistill.fileio import atomic_path, atomic_write_text
+from ..errors import UserError
+from ..fileio import atomic_path, atomic_write_text
 
 __all__ = ["DEMO_LABELS", "DemoScenesReport", "generate_demo_scenes"]
 
@@ -548,7 +548,7 @@ def generate_demo_scenes(
                 Image.fromarray(label_ids).save(tmp)
         counts[split] = count
     if prepare:
-        from segdistill.data.prepare import prepare_cityscapes
+        from .prepare import prepare_cityscapes
 
         prepare_cityscapes(root_path, nproc=1, force=True, progress=False)
     return DemoScenesReport(root=root_path, counts=counts, seconds=time.monotonic() - start)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
-from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segdistill.errors import UserError
+from ..constants import IGNORE_INDEX, MEAN_RGB, STD_RGB
+from ..errors import UserError
 
-__all__ = ["DataPreprocessor"]
+__all__ = ["DataPreprocessor", "normalize_image"]
 
 
 class DataPreprocessor:
@@ -34,8 +35,8 @@ class DataPreprocessor:
     the device. Without ``valid_hw`` every pixel is real.
     """
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 ignore_index: int = 255) -> None:
+    def __init__(self, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STD_RGB,
+                 ignore_index: int = IGNORE_INDEX) -> None:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise UserError(f"DataPreprocessor needs 3 means and 3 positive stds, got mean={tuple(mean)} "
                             f"std={tuple(std)}; fix the config")
@@ -75,3 +76,11 @@ class DataPreprocessor:
     def __repr__(self) -> str:
         mean, std = tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
         return f"DataPreprocessor(mean={mean}, std={std}, ignore_index={self.ignore_index})"
+
+
+def normalize_image(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``RGB uint8 H x W x 3`` -> the network input ``(1, 3, H, W)`` float32: ``(x - MEAN_RGB) / STD_RGB``."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device=device, dtype=torch.float32)
+    mean = torch.tensor(MEAN_RGB, dtype=torch.float32, device=x.device)
+    std = torch.tensor(STD_RGB, dtype=torch.float32, device=x.device)
+    return ((x - mean) / std).permute(2, 0, 1).unsqueeze(0).contiguous()

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from segdistill.errors import UserError
+from ..errors import UserError
 
 __all__ = ["InfiniteSampler"]
 

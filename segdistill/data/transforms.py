@@ -13,6 +13,13 @@ mmcv (with ``keep_ratio`` only its long/short edges matter), a ``crop_size`` / p
 preprocessor; ours are RGB from the start, which changes nothing except the HSV conversion in
 :class:`PhotoMetricDistortion` (``RGB2HSV`` on RGB gives the very same H, S, V as mmseg's ``BGR2HSV``
 on BGR, so the distortion is the same function).
+
+The training pipeline (:func:`build_train_pipeline`, a :class:`TrainPipeline`) stays uint8 and ends in
+:class:`PackTrainSample`: workers return uint8 :class:`TrainSample` s, and the training device
+normalises and pads them (:class:`~segdistill.data.preprocess.DataPreprocessor`), as mmseg's
+``SegDataPreProcessor`` does. Several transforms take faster routes to the reference's exact results
+(tables for the photometric steps, ``cv2.calcHist`` and ``cv2.flip``); the tests compare them with
+the plain reference arithmetic bit for bit.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ import cv2
 import numpy as np
 import torch
 
-from segdistill.errors import UserError
+from ..constants import MEAN_RGB, STD_RGB
+from ..errors import UserError
 
 __all__ = [
     "Transform",
@@ -44,13 +52,11 @@ __all__ = [
     "rescale_size",
     "build_train_pipeline",
     "build_eval_pipeline",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
+    "MEAN_RGB",
+    "STD_RGB",
 ]
 
 #: RGB mean/std on the 0-255 scale, the reference's (ImageNet) normalisation.
-IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 #: The signature every transform has; arrays in, arrays (or tensors after :class:`ToTensor`) out.
 Transform = Callable[[Any, Any, np.random.Generator], tuple[Any, Any]]
@@ -359,7 +365,7 @@ class PhotoMetricDistortion:
 class Normalize:
     """``(image - mean) / std`` per RGB channel in float32, as mmseg's ``SegDataPreProcessor`` computes it."""
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(self, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STD_RGB) -> None:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise UserError(f"Normalize needs 3 means and 3 positive stds, got mean={tuple(mean)} std={tuple(std)}; "
                             "fix the config")
@@ -451,7 +457,9 @@ class PackTrainSample:
         # cv2.split writes the three planes straight into the channel-first buffer: one pass, about
         # three times faster than numpy's transposed copy of an interleaved image.
         planes = [packed[c, :h, :w] for c in range(3)]
-        cv2.split(np.ascontiguousarray(image), planes)
+        written = cv2.split(image, planes)
+        if any(out is not plane for out, plane in zip(written, planes, strict=True)):
+            packed[:, :h, :w] = image.transpose(2, 0, 1)  # OpenCV made new arrays instead: copy with numpy
         if out_h > h or out_w > w:
             packed[:, h:, :] = 0
             packed[:, :h, w:] = 0

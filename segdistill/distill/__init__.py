@@ -1,10 +1,22 @@
 """Distillation: CWD, DIST, MGD and the comparison losses, connectors, the frozen teacher and the distiller."""
 
-from .connectors import CONNECTOR_KINDS, ConvBNConnector, MGDConnector, build_connector
 from ..config import DistillTerm
+from .connectors import CONNECTOR_KINDS, ConvBNConnector, MGDConnector, build_connector
 from .distiller import DistillStudent, check_compatible, tap_channels
-from .losses import (LOSSES, AttentionTransfer, ChannelWiseDivergence, DistillLoss, DISTLoss, FeatureMSE,
-                     LossInputError, MGDLoss, PairwiseAffinity, PixelWiseKD, build_loss, standardize_logits)
+from .losses import (
+                     LOSSES,
+                     AttentionTransfer,
+                     ChannelWiseDivergence,
+                     DistillLoss,
+                     DISTLoss,
+                     FeatureMSE,
+                     LossInputError,
+                     MGDLoss,
+                     PairwiseAffinity,
+                     PixelWiseKD,
+                     build_loss,
+                     standardize_logits,
+)
 from .teacher import FrozenTeacher, fold_batchnorm
 
 __all__ = [

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from segdistill.errors import UserError
+from ..errors import UserError
 
 __all__ = ["CONNECTOR_KINDS", "ConvBNConnector", "MGDConnector", "build_connector"]
 

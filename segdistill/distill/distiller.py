@@ -7,7 +7,7 @@ wraps (and all-reduces) only what trains, as in timm's distillation task.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn

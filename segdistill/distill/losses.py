@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from segdistill.errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "AttentionTransfer",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ def fold_batchnorm(model: nn.Module) -> int:
         children = dict(parent.named_children())
         if isinstance(parent, nn.Sequential):
             names = list(children)
-            pairs = [(a, b) for a, b in zip(names, names[1:])]
+            pairs = [(a, b) for a, b in zip(names, names[1:], strict=False)]
         else:
             pairs = [(f"conv{s}", f"bn{s}") for s in ("", "1", "2", "3")]
         for conv_name, bn_name in pairs:
@@ -143,7 +143,7 @@ class FrozenTeacher(nn.Module):
         self._forward = torch.compile(self._run, dynamic=False) if compile else self._run
         self.train(False)
 
-    def train(self, mode: bool = True) -> "FrozenTeacher":
+    def train(self, mode: bool = True) -> FrozenTeacher:
         # Whatever the trainer asks, the teacher's modules keep their configured mode.
         super().train(False)
         if self.mode == "reference":

@@ -10,17 +10,17 @@ see where the student still disagrees.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from ..data.preprocess import normalize_image
 from ..errors import UserError
-from ..evaluation.predict import normalize_image
 from ..fileio import atomic_path
 from .teacher import Tap
 
@@ -128,7 +128,8 @@ def channel_softmax_figure(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise UserError('viz-channels needs matplotlib, which is not installed; run: pip install "segdistill[plot]"') from None
+        raise UserError('viz-channels needs matplotlib, which is not installed; '
+                        'run: pip install "segdistill[plot]"') from None
     if not tau > 0:
         raise UserError(f"tau must be positive, got {tau}")
     if not (isinstance(image_rgb, np.ndarray) and image_rgb.dtype == np.uint8 and image_rgb.ndim == 3
@@ -153,7 +154,8 @@ def channel_softmax_figure(
         raise UserError("no channels to draw; pass channel indices or leave them out for the default 4")
     bad = [c for c in chosen if not 0 <= c < num_channels]
     if bad:
-        raise UserError(f"channels {bad} are out of range: the tapped map has {num_channels} channels (0..{num_channels - 1})")
+        raise UserError(f"channels {bad} are out of range: the tapped map has {num_channels} channels "
+                        f"(0..{num_channels - 1})")
 
     kl_all = channel_kl(t_map, s_map, tau)
     loss = float(tau**2 * kl_all.mean())

@@ -92,7 +92,7 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     all_reduce_sum(t)
     t /= dist.get_world_size()
-    return dict(zip(values, t.tolist()))
+    return dict(zip(values, t.tolist(), strict=True))
 
 
 def cleanup() -> None:

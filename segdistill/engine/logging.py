@@ -71,7 +71,9 @@ class RunLogger:
         record = {"kind": kind, "iter": iteration, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
-        if self._tb is not None:
+        # TensorBoard's writer thread reopens its file by name: in a run folder deleted under the run it
+        # would die with a traceback, so it gets nothing more (the trainer then stops in one line).
+        if self._tb is not None and Path(self._tb.log_dir).is_dir():
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     self._tb.add_scalar(f"{kind}/{k}", v, iteration)
@@ -85,5 +87,5 @@ class RunLogger:
     def close(self) -> None:
         if self.enabled:
             self._file.close()
-            if self._tb is not None:
+            if self._tb is not None and Path(self._tb.log_dir).is_dir():
                 self._tb.close()

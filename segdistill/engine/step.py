@@ -62,8 +62,8 @@ def to_device(batch: Sequence[torch.Tensor], run: TrainingRun) -> Batch:
     return image, label
 
 
-def train_step(run: TrainingRun, batches: Iterator[Sequence[torch.Tensor]], it: int, stop_signal: Callable[[], int] | None = None,
-               hooks: StepHooks | None = None) -> StepResult:
+def train_step(run: TrainingRun, batches: Iterator[Sequence[torch.Tensor]], it: int,
+               stop_signal: Callable[[], int] | None = None, hooks: StepHooks | None = None) -> StepResult:
     """Train iteration ``it`` (0-based) on the next ``train.accumulate`` batches of ``batches``.
 
     ``stop_signal()`` is read once the backward passes are done: a signal that arrived during the

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..config import EvalConfig
+from ..constants import IGNORE_INDEX
 from ..data import prepare_worker_fork, worker_init
 from ..errors import UserError
 from ..models.segmentor import EncoderDecoder
@@ -18,7 +19,7 @@ from .metrics import ConfusionMatrix, MetricValueError, SegMetrics
 @torch.no_grad()
 def evaluate(model: EncoderDecoder, eval_set: torch.utils.data.Dataset, eval_cfg: EvalConfig,
              device: torch.device, class_names: Sequence[str], *, rank: int = 0, world_size: int = 1,
-             workers: int = 0, ignore_index: int = 255, progress: bool = False) -> SegMetrics:
+             workers: int = 0, ignore_index: int = IGNORE_INDEX, progress: bool = False) -> SegMetrics:
     """mIoU, mAcc, aAcc and per-class IoU/Acc of ``model`` on ``eval_set`` at full label resolution.
 
     Rank ``r`` of ``W`` evaluates samples r, r+W, ...; the summed confusion matrix counts every sample

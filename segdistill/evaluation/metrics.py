@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from segdistill.errors import UserError
+from ..constants import IGNORE_INDEX
+from ..errors import UserError
 
 __all__ = ["ConfusionMatrix", "MetricValueError", "SegMetrics", "compute_metrics"]
 
@@ -57,7 +58,7 @@ class ConfusionMatrix:
             CUDA predictions are counted on the GPU without a copy to the host.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str | None = None) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise MetricValueError(
                 f"num_classes must be a positive int, got {num_classes!r}; "
@@ -232,7 +233,7 @@ class SegMetrics:
             "mAcc": _json_float(self.mAcc),
             "per_class": {
                 name: {"IoU": _json_float(iou), "Acc": _json_float(acc), "support": support}
-                for name, iou, acc, support in zip(self.class_names, self.iou, self.acc, self.support)
+                for name, iou, acc, support in zip(self.class_names, self.iou, self.acc, self.support, strict=True)
             },
         }
 
@@ -242,7 +243,7 @@ class SegMetrics:
         Values have two decimals as in mmseg's log; undefined values print as ``nan``.
         """
         lines = ["| Class | IoU | Acc | Support |", "|:--|--:|--:|--:|"]
-        for name, iou, acc, support in zip(self.class_names, self.iou, self.acc, self.support):
+        for name, iou, acc, support in zip(self.class_names, self.iou, self.acc, self.support, strict=True):
             # A '|' inside a name would split the markdown cell.
             lines.append(f"| {name.replace('|', '&#124;')} | {iou:.2f} | {acc:.2f} | {support} |")
         lines += ["", "| aAcc | mIoU | mAcc |", "|--:|--:|--:|"]

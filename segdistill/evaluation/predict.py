@@ -10,14 +10,17 @@ list of image files, or a dataset, and for every image writes into ``out_dir``
 Predictions are made at the original image size: with ``eval_scale`` the image is first resized the way
 the evaluation pipeline does (keep ratio, mmcv's ``rescale_size``), and the scores are resized back
 with ``out_size``. Sub-folders of a folder input are mirrored in ``out_dir``. Every file is written
-atomically, and ``out_dir`` must not contain any input, so an input is never overwritten.
+atomically. ``out_dir`` must not contain any input, nor lie inside a folder input or a dataset's root,
+image or label folders, so predictions never land among the data; and an existing prediction is
+replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -25,13 +28,14 @@ import torch
 from PIL import Image
 
 from ..data.datasets import IMAGE_EXTENSIONS, read_image
+from ..data.preprocess import normalize_image
 from ..data.transforms import rescale_size
 from ..errors import UserError
 from ..fileio import atomic_path
-from ..models.segmentor import MEAN_RGB, STD_RGB, EncoderDecoder
+from ..models.segmentor import EncoderDecoder
 from ..progress import progress_bar
 
-__all__ = ["ImageSource", "collect_images", "default_palette", "normalize_image", "colorize", "overlay", "predict"]
+__all__ = ["ImageSource", "collect_images", "default_palette", "colorize", "overlay", "predict"]
 
 PathLike = str | os.PathLike
 Color = Sequence[int]
@@ -86,14 +90,6 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     return colors
 
 
-def normalize_image(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``RGB uint8 H x W x 3`` -> the network input ``(1, 3, H, W)`` float32: ``(x - MEAN_RGB) / STD_RGB``."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device=device, dtype=torch.float32)
-    mean = torch.tensor(MEAN_RGB, dtype=torch.float32, device=x.device)
-    std = torch.tensor(STD_RGB, dtype=torch.float32, device=x.device)
-    return ((x - mean) / std).permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
 def _check_palette(palette: Sequence[Color] | None, num_classes: int) -> np.ndarray:
     if palette is None:
         palette = default_palette(num_classes)
@@ -131,8 +127,28 @@ def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
         Image.fromarray(rgb).save(tmp, format="JPEG", quality=90)
 
 
-def _plan(inputs: PathLike | Sequence[PathLike] | ImageSource, out_dir: Path) -> list[tuple[Path, Path]]:
-    """``(image path, output stem path)`` per image; checks that no input lives inside ``out_dir``."""
+def _protected_folders(inputs: PathLike | Sequence[PathLike] | ImageSource) -> list[Path]:
+    """Folders no prediction may be written into: folder inputs, and a dataset's root, image and label folders."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [Path(inputs).resolve()] if Path(inputs).is_dir() else []
+    if hasattr(inputs, "image_path") and hasattr(inputs, "names"):
+        folders = {Path(inputs.image_path(i)).resolve().parent for i in range(len(inputs))}
+        label_path = getattr(inputs, "label_path", None)
+        if callable(label_path):
+            folders |= {Path(label_path(i)).resolve().parent for i in range(len(inputs))}
+        if getattr(inputs, "root", None) is not None:
+            folders.add(Path(inputs.root).resolve())  # type: ignore[union-attr]
+        return sorted(folders)
+    return [Path(p).resolve() for p in inputs if Path(p).is_dir()]
+
+
+def _plan(inputs: PathLike | Sequence[PathLike] | ImageSource, out_dir: Path,
+          overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """``(image path, output stem path)`` per image.
+
+    Checks that no input lives inside ``out_dir``, that ``out_dir`` is not inside an input or dataset
+    folder, and (unless ``overwrite``) that no output exists yet: all before anything is written.
+    """
     if isinstance(inputs, (str, os.PathLike)):
         root = Path(inputs)
         images = collect_images(root)
@@ -157,7 +173,21 @@ def _plan(inputs: PathLike | Sequence[PathLike] | ImageSource, out_dir: Path) ->
             raise UserError(f"inputs {seen[stem]} and {image} would both be written as {stem}_pred.png; "
                             "rename one of them or predict them separately")
         seen[stem] = image
+    for folder in _protected_folders(inputs):
+        if out_real.is_relative_to(folder):
+            raise UserError(f"output folder {out_dir} is inside the input or dataset folder {folder}; choose an --out "
+                            "folder outside the data, so no prediction is written among the images or labels")
+    if not overwrite:
+        existing = [p for _, stem in plan for p in _outputs(stem) if p.exists()]
+        if existing:
+            raise UserError(f"{existing[0]} already exists ({len(existing)} of the {2 * len(plan)} outputs do); "
+                            "pass --overwrite to replace them, or choose another --out folder")
     return plan
+
+
+def _outputs(stem: Path) -> tuple[Path, Path]:
+    """The two files written for one image: the class-index PNG and the overlay JPEG."""
+    return stem.parent / f"{stem.name}_pred.png", stem.parent / f"{stem.name}_overlay.jpg"
 
 
 @torch.no_grad()
@@ -176,6 +206,7 @@ def predict(
     eval_scale: tuple[int, int] | None = None,
     opacity: float = 0.5,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Segment every input image and write ``<stem>_pred.png`` and ``<stem>_overlay.jpg`` into ``out_dir``.
 
@@ -193,6 +224,8 @@ def predict(
             prediction has the size of the original image.
         opacity: weight of the colour mask in the overlay, in ``[0, 1]``.
         progress: show a progress bar (or periodic lines) on stderr.
+        overwrite: replace outputs that already exist; without it an existing output is a
+            :class:`UserError` raised before anything is written.
 
     Returns:
         Every file written, in input order: ``[pred_0, overlay_0, pred_1, overlay_1, ...]``.
@@ -204,7 +237,7 @@ def predict(
                         "(value 255 is ignore_index)")
     colors = _check_palette(palette, model.num_classes)
     out_path = Path(out_dir)
-    plan = _plan(inputs, out_path)
+    plan = _plan(inputs, out_path, overwrite)
     model.eval().to(device)
     written: list[Path] = []
     with progress_bar(len(plan), "predict", unit="img", enabled=progress) as bar:
@@ -230,8 +263,7 @@ def _predict_one(model: EncoderDecoder, image_path: Path, stem: Path, colors: np
     scores = model.inference(x, mode=mode, crop_size=crop_size, stride=stride, flip=flip,
                              scales=scales, out_size=(h, w))
     pred = scores[0].argmax(dim=0).to("cpu", torch.uint8).numpy()
-    pred_path = stem.parent / f"{stem.name}_pred.png"
-    overlay_path = stem.parent / f"{stem.name}_overlay.jpg"
+    pred_path, overlay_path = _outputs(stem)
     _save_index_png(pred, colors, pred_path)
     _save_jpeg(overlay(rgb, colorize(pred, colors), opacity), overlay_path)
     return [pred_path, overlay_path]

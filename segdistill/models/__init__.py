@@ -2,8 +2,15 @@
 
 from .backbones import ResNetV1c
 from .builders import MODELS, build_segmentor
-from .checkpoint import (Mismatch, extract_state_dict, load_backbone_checkpoint, load_checkpoint,
-                         load_state_dict, read_checkpoint, save_checkpoint)
+from .checkpoint import (
+                         Mismatch,
+                         extract_state_dict,
+                         load_backbone_checkpoint,
+                         load_checkpoint,
+                         load_state_dict,
+                         read_checkpoint,
+                         save_checkpoint,
+)
 from .heads import ASPPHead, DecodeHead, FCNHead, PSPHead
 from .info import model_info
 from .losses import IGNORE_INDEX, seg_cross_entropy

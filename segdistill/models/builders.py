@@ -8,7 +8,7 @@ for the demo and the tests on a CPU.
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -1,6 +1,7 @@
 """mmseg-compatible checkpoints in and out, from files or http(s) URLs with a local cache.
 
-Read: a bare state dict, mmseg/mmengine's ``{"meta", "state_dict", ...}``, DDP's ``module.`` prefixes,
+Read: a bare state dict, mmseg/mmengine's ``{"meta", "state_dict", ...}`` (without mmengine or mmcv installed:
+see :mod:`segdistill.models.safe_load`), DDP's ``module.`` prefixes,
 mmrazor distillation checkpoints (the student lives under ``architecture.``, the teacher under
 ``teacher.``), and ImageNet backbone checkpoints (``open-mmlab://resnetXX_v1c``, ``mmcls://mobilenet_v2``)
 into a backbone.
@@ -9,21 +10,25 @@ Write: ``{"meta": ..., "state_dict": ...}`` with mmseg's key names, which mmseg'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import UserError
 from ..fileio import atomic_path
+from .safe_load import UntrustedGlobal, load_untrusted
 
 # torch.hub's convention, used by mmseg's released files: "<name>-<sha256 prefix>.pth".
 _HASH_RE = re.compile(r"-([a-f0-9]{8,})\.(?:pth|pt)$")
@@ -67,18 +72,35 @@ def download(url: str, dest_dir: Path | None = None, progress: bool = True) -> P
     return dest
 
 
+def read_pickled(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` of ``path`` through :func:`~segdistill.models.safe_load.load_untrusted`, with one-line errors.
+
+    mmseg/mmrazor files written by mmengine or mmcv load without those libraries (their objects become
+    inert stand-ins, see :mod:`segdistill.models.safe_load`); a file that names any other code is refused.
+    """
+    try:
+        return load_untrusted(path)
+    except UntrustedGlobal as e:
+        raise UserError(f"{what} {path} needs {e.qualified} to load, which segdistill does not run (it reads tensors, "
+                        "plain Python data, numpy arrays, and OpenMMLab objects as inert stand-ins); if you trust the "
+                        "file, load it with that library and re-save only its state_dict with torch.save") from None
+    except Exception as e:  # noqa: BLE001 - any other unpickling failure means the same thing to the user
+        detail = (str(e).strip().splitlines() or [""])[0]  # torch's messages can span lines; the error is one
+        raise UserError(f"{what} {path} is unreadable ({type(e).__name__}: {detail}); "
+                        "it may be truncated: re-download or re-save it") from e
+
+
 def read_checkpoint(path_or_url: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file (or URL) to CPU and return the raw object as a dict."""
+    """Load a checkpoint file (or URL) to CPU and return the raw object as a dict.
+
+    Besides our own files this reads mmseg/mmrazor checkpoints written by mmengine's Runner or mmcv's,
+    without mmengine or mmcv installed (see :func:`read_pickled`).
+    """
     src = str(path_or_url)
     path = download(src) if src.startswith(("http://", "https://")) else Path(src)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the path (or give an http(s) URL)")
-    try:
-        # weights_only=False: mmseg checkpoints store numpy/meta objects that the safe loader rejects.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                        "it may be truncated: re-download or re-save it") from e
+    obj = read_pickled(path, "checkpoint")
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -142,6 +164,55 @@ def compare_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> Mism
     )
 
 
+class _SkipInitOnMeta(TorchDispatchMode):
+    """Skips in-place ops on meta tensors: building a model on the meta device then skips its (slow there,
+    and meaningless) random initialisation. Shapes come from the constructors, so they are unchanged."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func._schema.is_mutable and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+@functools.cache
+def _zoo_signature(name: str) -> dict[str, tuple[int, ...]]:
+    """Model ``name``'s state-dict shapes, built on the meta device (no memory, a fraction of a second)."""
+    from .builders import MODELS  # late: checkpoint loading must not need the model zoo
+
+    with torch.device("meta"), _SkipInitOnMeta():
+        return _signature(MODELS[name](19).state_dict())
+
+
+def _signature(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    # The class-dependent conv_seg layers are left out: the number of classes is reported separately.
+    return {k: tuple(v.shape) for k, v in sd.items() if "conv_seg." not in k}
+
+
+def identify_weights(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """Which model of ``MODELS`` the segmentor weights ``sd`` are, as ``"name (N classes)"``; None for none.
+
+    Only for error messages: it builds zoo models on the meta device until one matches (all of them, a few
+    seconds on a small CPU, when none does).
+    """
+    from .builders import MODELS
+
+    if "decode_head.conv_seg.weight" not in sd:
+        return None
+    sig = _signature(sd)
+    name = next((n for n in MODELS if _zoo_signature(n) == sig), None)
+    return None if name is None else f"{name} ({sd['decode_head.conv_seg.weight'].shape[0]} classes)"
+
+
+def _what_and_expected(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> str:
+    """``"it holds X weights, the model is Y; "`` for a zoo segmentor; nothing for other modules (backbones)."""
+    expected = identify_weights(model.state_dict())
+    if expected is None:
+        return ""
+    found = identify_weights(sd)
+    what = f"{found} weights" if found else "weights of no model segdistill builds"
+    return f"it holds {what}, the model is {expected}; "
+
+
 def load_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool = True,
                     source: str = "state dict") -> Mismatch:
     """Copy ``sd`` into ``model``; with ``strict`` any mismatch is a :class:`UserError` naming the keys.
@@ -151,7 +222,7 @@ def load_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bo
     """
     mismatch = compare_state_dict(model, sd)
     if strict and mismatch:
-        raise UserError(f"{source} does not fit the model: {mismatch.summary()} "
+        raise UserError(f"{source} does not fit the model: {_what_and_expected(model, sd)}{mismatch.summary()} "
                         "(wrong model name or num_classes? load with strict=False to skip these)")
     bad = {k for k, _, _ in mismatch.shape}
     own = model.state_dict()

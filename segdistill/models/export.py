@@ -35,6 +35,7 @@ from ..fileio import atomic_path
 from .builders import MODELS, build_segmentor
 from .checkpoint import compare_state_dict, extract_state_dict, read_checkpoint, save_checkpoint
 from .ops import resize
+from .safe_load import ForeignObject
 from .segmentor import MEAN_RGB, STD_RGB, EncoderDecoder
 
 __all__ = ["ExportCheckError", "LogitsAtInputSize", "export_student", "export_onnx", "check_onnx",
@@ -57,10 +58,13 @@ def _plain(value: Any) -> Any:
     """``value`` reduced to what the safe unpickler accepts (str/int/float/bool/None, lists, str-keyed dicts).
 
     Anything else (numpy arrays, custom classes in mmengine metas) is dropped rather than stored,
-    because a single such object makes ``torch.load(weights_only=True)`` refuse the whole file.
+    because a single such object makes ``torch.load(weights_only=True)`` refuse the whole file. An
+    OpenMMLab object read as a stand-in keeps its items when it has some (a ``ConfigDict``), else it is dropped.
     """
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
+    if isinstance(value, ForeignObject) and not value:
+        return None
     if isinstance(value, (list, tuple)):
         items = [_plain(v) for v in value]
         return [v for v, raw in zip(items, value) if v is not None or raw is None]

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
 from .ops import resize
-
-IGNORE_INDEX = 255  # the label value no loss or metric counts (mmseg's ``ignore_index``)
 
 
 def seg_cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX,

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from ..constants import MEAN_RGB, STD_RGB  # noqa: F401 - re-exported: the one normalisation of the zoo
 from .heads import DecodeHead
 from .ops import resize
-
-# The reference's preprocessing: RGB on the 0-255 scale, ImageNet statistics (shared by every zoo model).
-MEAN_RGB = (123.675, 116.28, 103.53)
-STD_RGB = (58.395, 57.12, 57.375)
 
 
 class EncoderDecoder(nn.Module):

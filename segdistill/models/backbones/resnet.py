@@ -6,7 +6,7 @@ so released mmseg checkpoints and ImageNet ``resnetXX_v1c`` weights load strictl
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -131,7 +131,7 @@ class ResNetV1c(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = stem_channels
         self.out_channels: list[int] = []
-        for i, (n, s, d) in enumerate(zip(stage_blocks, strides, dilations)):
+        for i, (n, s, d) in enumerate(zip(stage_blocks, strides, dilations, strict=True)):
             planes = base_channels * 2**i
             self.add_module(f"layer{i + 1}", _res_layer(block, inplanes, planes, n, s, d, contract_dilation))
             inplanes = planes * block.expansion

@@ -15,7 +15,7 @@ The contract between heads and :class:`~segdistill.models.segmentor.EncoderDecod
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from torch import nn
 from ..backbones.resnet import init_conv_bn
 from ..losses import IGNORE_INDEX, seg_cross_entropy
 
-HeadInput = Union[torch.Tensor, list[torch.Tensor]]
+HeadInput = torch.Tensor | list[torch.Tensor]
 
 
 class ConvModule(nn.Sequential):
