@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_config_tree
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from segdistill.config import Config, config_from_dict, dump_config
@@ -32,8 +33,6 @@ from segdistill.engine.run import build_run
 from segdistill.engine.step import train_step
 from segdistill.engine.trainer import TrainingStopped, train
 from segdistill.models import build_segmentor, save_checkpoint
-
-from conftest import tiny_config_tree
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TERMS = [

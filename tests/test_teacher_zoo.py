@@ -26,9 +26,10 @@ FAMILIES = ["pspnet_r18-d8", "deeplabv3plus_r18-d8", "deeplabv3plus_m-v2-d8-tiny
 NOT_FOLDABLE = {
     "bisenetv2": {"backbone.semantic.stage4_CEBlock.gap.1": "AdaptiveAvgPool2d"},  # BN of the pooled context
 }
-#: Float32: the folded conv computes the same sums in another rounding order.
+#: Float32: the folded conv computes the same sums in another rounding order (measured 4e-7 to 1.7e-6).
 F32_BOUND = 1e-5
-#: bfloat16 keeps 8 significant bits (relative rounding 2^-9 per value) through every layer.
+#: bfloat16 keeps 8 significant bits (relative rounding 2^-9 per value) through every layer (measured 6e-3 to
+#: 1.6e-2, the most for SegFormer-B0-tiny).
 BF16_BOUND = 0.05
 
 

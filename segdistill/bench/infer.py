@@ -29,6 +29,7 @@ from ..engine.distributed import pick_device
 from ..errors import UserError
 from ..models import build_segmentor
 from ..models.export import ONNX_OPSET, LogitsAtInputSize
+from ..models.ops import to_channels_last
 from ..models.segmentor import EncoderDecoder
 from .timing import median, now
 from .train import num_classes_of
@@ -60,7 +61,7 @@ class _FastInference(nn.Module):
         super().__init__()
         net = copy.deepcopy(model).eval()
         fold_batchnorm(net)
-        net.to(memory_format=torch.channels_last)
+        to_channels_last(net)
         self.net = LogitsAtInputSize(net, size).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +127,7 @@ def bench_infer(cfg: Config, *, iters: int = 10, warmup: int = 2, num_classes: i
         raise UserError(f"bench needs --iters >= 1 and --warmup >= 0, got {iters} and {warmup}")
     device = device or pick_device(cfg.train.device)
     n_classes = num_classes or num_classes_of(cfg)
-    size = tuple(cfg.data.crop_size)
+    size = (int(cfg.data.crop_size[0]), int(cfg.data.crop_size[1]))
     batches = sorted({1, cfg.train.batch_size})
     models = [("student", cfg.student.model)] + ([("teacher", cfg.teacher.model)] if cfg.teacher else [])
     rows: list[InferRow] = []
@@ -135,7 +136,7 @@ def bench_infer(cfg: Config, *, iters: int = 10, warmup: int = 2, num_classes: i
         model = build_segmentor(name, n_classes).to(device).eval()
         eager = LogitsAtInputSize(model, size).eval()
         fast = _FastInference(model, size)
-        compiled: nn.Module | None = None
+        compiled: Callable[..., Any] | None = None
         compile_note = "skipped (--no-compile)"
         if compile:
             try:

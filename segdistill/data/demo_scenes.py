@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -34,11 +34,25 @@ __all__ = ["DEMO_LABELS", "DemoScenesReport", "generate_demo_scenes"]
 
 #: The Cityscapes label names the scenes use, with their (id, trainId) from cityscapesscripts' labels.py.
 DEMO_LABELS: dict[str, tuple[int, int]] = {
-    "unlabeled": (0, 255), "ego vehicle": (1, 255), "static": (4, 255), "road": (7, 0), "sidewalk": (8, 1),
-    "building": (11, 2), "wall": (12, 3), "fence": (13, 4), "pole": (17, 5), "traffic light": (19, 6),
-    "traffic sign": (20, 7), "vegetation": (21, 8), "terrain": (22, 9), "sky": (23, 10), "person": (24, 11),
-    "car": (26, 13), "truck": (27, 14), "bicycle": (33, 18),
-}  # fmt: skip
+    "unlabeled": (0, 255),
+    "ego vehicle": (1, 255),
+    "static": (4, 255),
+    "road": (7, 0),
+    "sidewalk": (8, 1),
+    "building": (11, 2),
+    "wall": (12, 3),
+    "fence": (13, 4),
+    "pole": (17, 5),
+    "traffic light": (19, 6),
+    "traffic sign": (20, 7),
+    "vegetation": (21, 8),
+    "terrain": (22, 9),
+    "sky": (23, 10),
+    "person": (24, 11),
+    "car": (26, 13),
+    "truck": (27, 14),
+    "bicycle": (33, 18),
+}
 
 _SPLIT_CODES = {"train": 0, "val": 1}
 RGB = tuple[float, float, float]
@@ -81,7 +95,9 @@ def _clip_polygon(poly: np.ndarray, w: int, h: int) -> np.ndarray:
     for axis, bound, keep_below in ((0, 0.0, False), (0, w - 1.0, True), (1, 0.0, False), (1, h - 1.0, True)):
         if not pts:
             break
-        inside = (lambda p: p[axis] <= bound) if keep_below else (lambda p: p[axis] >= bound)  # noqa: E731
+        def inside(p: tuple[float, ...], axis: int = axis, bound: float = bound, below: bool = keep_below) -> bool:
+            return p[axis] <= bound if below else p[axis] >= bound
+
         out: list[tuple[float, float]] = []
         for i, cur in enumerate(pts):
             prev = pts[i - 1]
@@ -100,7 +116,9 @@ def _cross(a: tuple[float, float], b: tuple[float, float], axis: int, bound: flo
     return (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
 
 
-def _ngon(cx: float, cy: float, rx: float, ry: float, n: int, rng: np.random.Generator | None = None, wobble: float = 0.0) -> np.ndarray:
+def _ngon(
+    cx: float, cy: float, rx: float, ry: float, n: int, rng: np.random.Generator | None = None, wobble: float = 0.0
+) -> np.ndarray:
     ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
     r = 1.0 + (rng.uniform(-wobble, wobble, n) if rng is not None and wobble else 0.0)
     return np.stack([cx + rx * r * np.cos(ang), cy + ry * r * np.sin(ang)], axis=1)
@@ -134,7 +152,9 @@ class _Street:
         return np.array([[x0, y0 - t0 * z0], [x1, y1 - t1 * z0], [x1, y1 - t1 * z1], [x0, y0 - t0 * z1]])
 
 
-def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[list[_Shape], list[tuple[np.ndarray, float]], dict[str, float]]:
+def _scene(
+    rng: np.random.Generator, h: int, w: int
+) -> tuple[list[_Shape], list[tuple[np.ndarray, float]], dict[str, float]]:
     """Compose one street scene: shapes in painter's order, shadow polygons, and global lighting."""
     shapes: list[_Shape] = []
     shadows: list[tuple[np.ndarray, float]] = []
@@ -143,9 +163,17 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[list[_Shape], list
     st = _Street(h, w, xv, yh)
     weather = int(rng.integers(3))  # 0 sunny, 1 overcast, 2 dusk
 
-    sky_top, sky_bottom = [((60, 110, 200), (170, 205, 240)), ((140, 145, 155), (205, 205, 210)), ((55, 60, 110), (235, 165, 110))][weather]
-    shapes.append(_Shape("sky", _rect(0, 0, w, yh + 2), _jitter(rng, sky_top, 8), "gradient", 0.03, _jitter(rng, sky_bottom, 8)))
-    shapes.append(_Shape("terrain", _rect(0, yh, w, h), _pick(rng, [(115, 135, 65), (140, 130, 80), (95, 120, 60)]), "leaf", 0.18))
+    sky_top, sky_bottom = [
+        ((60, 110, 200), (170, 205, 240)),
+        ((140, 145, 155), (205, 205, 210)),
+        ((55, 60, 110), (235, 165, 110)),
+    ][weather]
+    shapes.append(
+        _Shape("sky", _rect(0, 0, w, yh + 2), _jitter(rng, sky_top, 8), "gradient", 0.03, _jitter(rng, sky_bottom, 8))
+    )
+    shapes.append(
+        _Shape("terrain", _rect(0, yh, w, h), _pick(rng, [(115, 135, 65), (140, 130, 80), (95, 120, 60)]), "leaf", 0.18)
+    )
 
     # Cross-section at the bottom row, left to right: facade | terrain | sidewalk | road | sidewalk | terrain | facade.
     road_half = w * rng.uniform(0.3, 0.6)
@@ -166,18 +194,51 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[list[_Shape], list
         bw = w * rng.uniform(0.04, 0.12)
         top = y_far - t_far * h * rng.uniform(1.0, 4.0)
         if rng.random() < 0.75:
-            shapes.append(_Shape("building", _rect(x, top, x + bw, y_far + 1), _pick(rng, _BUILDING_COLORS, 15), "plain", 0.05))
+            shapes.append(
+                _Shape("building", _rect(x, top, x + bw, y_far + 1), _pick(rng, _BUILDING_COLORS, 15), "plain", 0.05)
+            )
         else:
-            shapes.append(_Shape("vegetation", _ngon(x + bw / 2, y_far - t_far * h * 0.8, bw * 0.7, t_far * h * 1.2, 12, rng, 0.25),
-                                 _pick(rng, _TREE_COLORS), "leaf", 0.35))  # fmt: skip
+            shapes.append(
+                _Shape(
+                    "vegetation",
+                    _ngon(x + bw / 2, y_far - t_far * h * 0.8, bw * 0.7, t_far * h * 1.2, 12, rng, 0.25),
+                    _pick(rng, _TREE_COLORS),
+                    "leaf",
+                    0.35,
+                )
+            )
         x += bw
 
-    shapes.append(_Shape("sidewalk", st.strip(walk_lo, road_l), _pick(rng, _WALK_COLORS), "plain", 0.06,
-                         details=_tiles(rng, st, walk_lo, road_l, d_max)))  # fmt: skip
-    shapes.append(_Shape("sidewalk", st.strip(road_r, walk_ro), _pick(rng, _WALK_COLORS), "plain", 0.06,
-                         details=_tiles(rng, st, road_r, walk_ro, d_max)))  # fmt: skip
-    shapes.append(_Shape("road", st.strip(road_l, road_r), _pick(rng, [(80, 80, 85), (95, 92, 90), (70, 72, 78)], 10), "plain", 0.08,
-                         details=_lane_marks(rng, st, road_l, road_r, d_max)))  # fmt: skip
+    shapes.append(
+        _Shape(
+            "sidewalk",
+            st.strip(walk_lo, road_l),
+            _pick(rng, _WALK_COLORS),
+            "plain",
+            0.06,
+            details=_tiles(rng, st, walk_lo, road_l, d_max),
+        )
+    )
+    shapes.append(
+        _Shape(
+            "sidewalk",
+            st.strip(road_r, walk_ro),
+            _pick(rng, _WALK_COLORS),
+            "plain",
+            0.06,
+            details=_tiles(rng, st, road_r, walk_ro, d_max),
+        )
+    )
+    shapes.append(
+        _Shape(
+            "road",
+            st.strip(road_l, road_r),
+            _pick(rng, [(80, 80, 85), (95, 92, 90), (70, 72, 78)], 10),
+            "plain",
+            0.08,
+            details=_lane_marks(rng, st, road_l, road_r, d_max),
+        )
+    )
 
     # Facades, walls, fences and gaps along both sides, far segments first.
     for side, bx in ((-1, facade_l), (1, facade_r)):
@@ -191,22 +252,51 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[list[_Shape], list
             kind = rng.choice(["building", "wall", "fence", "gap"], p=[0.62, 0.12, 0.12, 0.14])
             if kind == "building":
                 height = h * rng.uniform(0.9, 2.6)
-                shapes.append(_Shape("building", st.facade(bx, d0, d1, 0, height), _pick(rng, _BUILDING_COLORS, 15), "plain", 0.05,
-                                     details=_windows(rng, st, bx, d0, d1, height)))  # fmt: skip
+                shapes.append(
+                    _Shape(
+                        "building",
+                        st.facade(bx, d0, d1, 0, height),
+                        _pick(rng, _BUILDING_COLORS, 15),
+                        "plain",
+                        0.05,
+                        details=_windows(rng, st, bx, d0, d1, height),
+                    )
+                )
                 if rng.random() < 0.5:  # a building shading the street on the sunny side
                     reach = side * -road_half * rng.uniform(0.3, 1.2)
                     shadows.append((st.strip(bx, bx + reach, 1 / d1, 1 / d0), rng.uniform(0.55, 0.8)))
             elif kind == "wall":
-                shapes.append(_Shape("wall", st.facade(bx, d0, d1, 0, h * rng.uniform(0.12, 0.3)),
-                                     _pick(rng, [(150, 150, 140), (170, 160, 130), (120, 120, 125)]), "blocks", 0.12))  # fmt: skip
+                shapes.append(
+                    _Shape(
+                        "wall",
+                        st.facade(bx, d0, d1, 0, h * rng.uniform(0.12, 0.3)),
+                        _pick(rng, [(150, 150, 140), (170, 160, 130), (120, 120, 125)]),
+                        "blocks",
+                        0.12,
+                    )
+                )
             elif kind == "fence":
-                shapes.append(_Shape("fence", st.facade(bx, d0, d1, 0, h * rng.uniform(0.15, 0.35)),
-                                     _pick(rng, [(140, 110, 80), (110, 120, 110), (160, 150, 140)]), "stripes", 0.25))  # fmt: skip
+                shapes.append(
+                    _Shape(
+                        "fence",
+                        st.facade(bx, d0, d1, 0, h * rng.uniform(0.15, 0.35)),
+                        _pick(rng, [(140, 110, 80), (110, 120, 110), (160, 150, 140)]),
+                        "stripes",
+                        0.25,
+                    )
+                )
             else:
                 cx, cy = st.ground(1 / ((d0 + d1) / 2), bx + side * w * 0.1)
                 t = 1 / ((d0 + d1) / 2)
-                shapes.append(_Shape("vegetation", _ngon(cx, cy - t * h * 0.35, t * w * 0.25, t * h * 0.4, 16, rng, 0.2),
-                                     _pick(rng, _TREE_COLORS), "leaf", 0.35))  # fmt: skip
+                shapes.append(
+                    _Shape(
+                        "vegetation",
+                        _ngon(cx, cy - t * h * 0.35, t * w * 0.25, t * h * 0.4, 16, rng, 0.2),
+                        _pick(rng, _TREE_COLORS),
+                        "leaf",
+                        0.35,
+                    )
+                )
 
     # Street furniture and traffic, sorted far to near so nearer things occlude farther ones.
     items: list[tuple[float, list[_Shape]]] = []
@@ -239,8 +329,13 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[list[_Shape], list
 
     if rng.random() < 0.4:  # the ego vehicle's bonnet, void in Cityscapes
         eh = h * rng.uniform(0.06, 0.12)
-        hood = np.array([[0, h], [0, h - eh * 0.5], [w * 0.25, h - eh], [w * 0.75, h - eh], [w, h - eh * 0.5], [w, h]], dtype=np.float64)
-        shapes.append(_Shape("ego vehicle", hood, _pick(rng, [(30, 30, 35), (25, 45, 90), (150, 150, 155)]), "plain", 0.04))
+        hood = np.array(
+            [[0, h], [0, h - eh * 0.5], [w * 0.25, h - eh], [w * 0.75, h - eh], [w, h - eh * 0.5], [w, h]],
+            dtype=np.float64,
+        )
+        shapes.append(
+            _Shape("ego vehicle", hood, _pick(rng, [(30, 30, 35), (25, 45, 90), (150, 150, 155)]), "plain", 0.04)
+        )
 
     light = {
         "exposure": float(rng.uniform(0.75, 1.2) * (0.85 if weather == 2 else 1.0)),
@@ -251,10 +346,27 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[list[_Shape], list
     return shapes, shadows, light
 
 
-_BUILDING_COLORS = [(160, 140, 120), (180, 95, 75), (140, 140, 145), (200, 190, 160), (120, 100, 90), (170, 170, 160), (100, 105, 115)]
+_BUILDING_COLORS = [
+    (160, 140, 120),
+    (180, 95, 75),
+    (140, 140, 145),
+    (200, 190, 160),
+    (120, 100, 90),
+    (170, 170, 160),
+    (100, 105, 115),
+]
 _TREE_COLORS = [(60, 100, 40), (45, 85, 45), (80, 110, 50), (55, 75, 35)]
 _WALK_COLORS = [(150, 145, 140), (165, 125, 115), (125, 125, 128), (175, 170, 160)]
-_CAR_COLORS = [(200, 200, 205), (30, 30, 35), (150, 20, 25), (30, 60, 150), (120, 125, 130), (235, 235, 235), (60, 90, 60), (200, 160, 40)]
+_CAR_COLORS = [
+    (200, 200, 205),
+    (30, 30, 35),
+    (150, 20, 25),
+    (30, 60, 150),
+    (120, 125, 130),
+    (235, 235, 235),
+    (60, 90, 60),
+    (200, 160, 40),
+]
 
 
 def _tiles(rng: np.random.Generator, st: _Street, bx0: float, bx1: float, d_max: float) -> list[tuple[np.ndarray, RGB]]:
@@ -272,7 +384,9 @@ def _tiles(rng: np.random.Generator, st: _Street, bx0: float, bx1: float, d_max:
     return out
 
 
-def _lane_marks(rng: np.random.Generator, st: _Street, bx0: float, bx1: float, d_max: float) -> list[tuple[np.ndarray, RGB]]:
+def _lane_marks(
+    rng: np.random.Generator, st: _Street, bx0: float, bx1: float, d_max: float
+) -> list[tuple[np.ndarray, RGB]]:
     white = _jitter(rng, (225, 225, 215), 6)
     width = (bx1 - bx0) * 0.012
     mid = (bx0 + bx1) / 2 + (bx1 - bx0) * rng.uniform(-0.05, 0.05)
@@ -292,11 +406,15 @@ def _lane_marks(rng: np.random.Generator, st: _Street, bx0: float, bx1: float, d
         d = rng.uniform(1.0, d_max * 0.5)
         t = 1 / d
         cx, cy = st.ground(t, bx0 + (bx1 - bx0) * rng.uniform(0.2, 0.8))
-        out.append((_ngon(cx, cy, t * (bx1 - bx0) * 0.08, t * st.h * 0.02, 10, rng, 0.3), _jitter(rng, (55, 55, 58), 6)))
+        out.append(
+            (_ngon(cx, cy, t * (bx1 - bx0) * 0.08, t * st.h * 0.02, 10, rng, 0.3), _jitter(rng, (55, 55, 58), 6))
+        )
     return out
 
 
-def _windows(rng: np.random.Generator, st: _Street, bx: float, d0: float, d1: float, height: float) -> list[tuple[np.ndarray, RGB]]:
+def _windows(
+    rng: np.random.Generator, st: _Street, bx: float, d0: float, d1: float, height: float
+) -> list[tuple[np.ndarray, RGB]]:
     """A grid of windows on a facade, plus a dark ground floor, in the facade's own perspective."""
     out: list[tuple[np.ndarray, RGB]] = []
     glass = _pick(rng, [(40, 50, 70), (90, 110, 140), (30, 30, 35), (150, 170, 190)], 10)
@@ -308,7 +426,9 @@ def _windows(rng: np.random.Generator, st: _Street, bx: float, d0: float, d1: fl
         d = d0 + step * 0.25
         while d + step * 0.5 < d1:
             if rng.random() < 0.92:
-                out.append((st.facade(bx, d, d + step * 0.5, z + floor * 0.25, z + floor * 0.75), _jitter(rng, glass, 10)))
+                out.append(
+                    (st.facade(bx, d, d + step * 0.5, z + floor * 0.25, z + floor * 0.75), _jitter(rng, glass, 10))
+                )
             d += step
         z += floor
     return out
@@ -318,9 +438,19 @@ def _tree(rng: np.random.Generator, st: _Street, bx: float, d: float) -> list[_S
     t = 1.0 / d
     x, y = st.ground(t, bx)
     trunk_w, trunk_h = max(t * st.w * 0.012, 0.8), t * st.h * rng.uniform(0.5, 0.9)
-    crown = _ngon(x, y - trunk_h - t * st.h * 0.15, t * st.h * rng.uniform(0.18, 0.3), t * st.h * rng.uniform(0.2, 0.35), 16, rng, 0.2)
+    crown = _ngon(
+        x,
+        y - trunk_h - t * st.h * 0.15,
+        t * st.h * rng.uniform(0.18, 0.3),
+        t * st.h * rng.uniform(0.2, 0.35),
+        16,
+        rng,
+        0.2,
+    )
     return [
-        _Shape("vegetation", _rect(x - trunk_w, y - trunk_h, x + trunk_w, y), _jitter(rng, (90, 65, 45), 10), "plain", 0.1),
+        _Shape(
+            "vegetation", _rect(x - trunk_w, y - trunk_h, x + trunk_w, y), _jitter(rng, (90, 65, 45), 10), "plain", 0.1
+        ),
         _Shape("vegetation", crown, _pick(rng, _TREE_COLORS), "leaf", 0.4),
     ]
 
@@ -329,7 +459,15 @@ def _pole(rng: np.random.Generator, st: _Street, bx: float, d: float) -> list[_S
     t = 1.0 / d
     x, y = st.ground(t, bx)
     pw, ph = max(t * st.w * 0.006, 0.7), t * st.h * rng.uniform(0.8, 1.3)
-    out = [_Shape("pole", _rect(x - pw, y - ph, x + pw, y), _pick(rng, [(110, 110, 115), (80, 85, 80), (150, 150, 150)]), "plain", 0.05)]
+    out = [
+        _Shape(
+            "pole",
+            _rect(x - pw, y - ph, x + pw, y),
+            _pick(rng, [(110, 110, 115), (80, 85, 80), (150, 150, 150)]),
+            "plain",
+            0.05,
+        )
+    ]
     kind = rng.random()
     if kind < 0.45:  # a sign: round, triangular or rectangular
         r = t * st.h * rng.uniform(0.035, 0.06)
@@ -338,11 +476,17 @@ def _pole(rng: np.random.Generator, st: _Street, bx: float, d: float) -> list[_S
         if shape == 0:
             poly, rim, face = _ngon(x, cy, r, r, 12), (200, 30, 30), (235, 235, 235)
         elif shape == 1:
-            poly, rim, face = np.array([[x - r, cy + r * 0.8], [x + r, cy + r * 0.8], [x, cy - r]]), (210, 30, 30), (240, 235, 220)
+            poly, rim, face = (
+                np.array([[x - r, cy + r * 0.8], [x + r, cy + r * 0.8], [x, cy - r]]),
+                (210, 30, 30),
+                (240, 235, 220),
+            )
         else:
             poly, rim, face = _rect(x - r * 1.2, cy - r * 0.8, x + r * 1.2, cy + r * 0.8), (30, 70, 180), (30, 70, 180)
         inner = (poly - poly.mean(axis=0)) * 0.6 + poly.mean(axis=0)
-        out.append(_Shape("traffic sign", poly, _jitter(rng, rim, 8), "plain", 0.04, details=[(inner, _jitter(rng, face, 8))]))
+        out.append(
+            _Shape("traffic sign", poly, _jitter(rng, rim, 8), "plain", 0.04, details=[(inner, _jitter(rng, face, 8))])
+        )
     elif kind < 0.7:  # a traffic light at the top
         bw, bh = t * st.w * 0.012, t * st.h * 0.09
         box = _rect(x - bw, y - ph - bh * 0.3, x + bw, y - ph + bh * 0.7)
@@ -358,15 +502,37 @@ def _person(rng: np.random.Generator, st: _Street, bx: float, d: float, road_hal
     x, y = st.ground(t, bx)
     ph = t * road_half * rng.uniform(0.55, 0.75)
     s = ph
-    body = np.array([
-        [x - 0.15 * s, y - 0.8 * s], [x + 0.15 * s, y - 0.8 * s], [x + 0.17 * s, y - 0.45 * s], [x + 0.12 * s, y],
-        [x + 0.03 * s, y], [x, y - 0.33 * s], [x - 0.03 * s, y], [x - 0.12 * s, y], [x - 0.17 * s, y - 0.45 * s],
-    ])  # fmt: skip
+    body = np.array(
+        [
+            [x - 0.15 * s, y - 0.8 * s],
+            [x + 0.15 * s, y - 0.8 * s],
+            [x + 0.17 * s, y - 0.45 * s],
+            [x + 0.12 * s, y],
+            [x + 0.03 * s, y],
+            [x, y - 0.33 * s],
+            [x - 0.03 * s, y],
+            [x - 0.12 * s, y],
+            [x - 0.17 * s, y - 0.45 * s],
+        ]
+    )
     legs = np.array([[x - 0.16 * s, y - 0.45 * s], [x + 0.16 * s, y - 0.45 * s], [x + 0.12 * s, y], [x - 0.12 * s, y]])
-    clothes = tuple(float(c) for c in cv2.cvtColor(np.uint8([[[rng.integers(180), rng.integers(60, 255), rng.integers(60, 230)]]]), cv2.COLOR_HSV2RGB)[0, 0])
+    hsv = np.array([[[rng.integers(180), rng.integers(60, 255), rng.integers(60, 230)]]], dtype=np.uint8)
+    r, g, b = (float(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+    clothes = (r, g, b)
     return [
-        _Shape("person", body, clothes, "plain", 0.08, details=[(legs, _pick(rng, [(40, 40, 60), (30, 30, 30), (70, 60, 50)]))]),  # type: ignore[arg-type]
-        _Shape("person", _ngon(x, y - 0.88 * s, 0.08 * s, 0.09 * s, 8), _pick(rng, [(225, 185, 160), (160, 110, 80), (95, 65, 45)], 8)),
+        _Shape(
+            "person",
+            body,
+            clothes,
+            "plain",
+            0.08,
+            details=[(legs, _pick(rng, [(40, 40, 60), (30, 30, 30), (70, 60, 50)]))],
+        ),  # type: ignore[arg-type]
+        _Shape(
+            "person",
+            _ngon(x, y - 0.88 * s, 0.08 * s, 0.09 * s, 8),
+            _pick(rng, [(225, 185, 160), (160, 110, 80), (95, 65, 45)], 8),
+        ),
     ]
 
 
@@ -375,10 +541,26 @@ def _bicycle(rng: np.random.Generator, st: _Street, bx: float, d: float, road_ha
     x, y = st.ground(t, bx)
     r = t * road_half * rng.uniform(0.1, 0.13)
     color = _pick(rng, [(40, 40, 40), (150, 20, 20), (30, 60, 140), (200, 200, 200)])
-    frame = np.array([[x - 1.2 * r, y - r], [x + 1.2 * r, y - r], [x + 0.4 * r, y - 2.2 * r], [x - 0.5 * r, y - 2.1 * r]])
+    frame = np.array(
+        [[x - 1.2 * r, y - r], [x + 1.2 * r, y - r], [x + 0.4 * r, y - 2.2 * r], [x - 0.5 * r, y - 2.1 * r]]
+    )
     return [
-        _Shape("bicycle", _ngon(x - 1.2 * r, y - r, r, r, 10), (25, 25, 25), "plain", 0.05, details=[(_ngon(x - 1.2 * r, y - r, 0.7 * r, 0.7 * r, 10), (120, 120, 120))]),
-        _Shape("bicycle", _ngon(x + 1.2 * r, y - r, r, r, 10), (25, 25, 25), "plain", 0.05, details=[(_ngon(x + 1.2 * r, y - r, 0.7 * r, 0.7 * r, 10), (120, 120, 120))]),
+        _Shape(
+            "bicycle",
+            _ngon(x - 1.2 * r, y - r, r, r, 10),
+            (25, 25, 25),
+            "plain",
+            0.05,
+            details=[(_ngon(x - 1.2 * r, y - r, 0.7 * r, 0.7 * r, 10), (120, 120, 120))],
+        ),
+        _Shape(
+            "bicycle",
+            _ngon(x + 1.2 * r, y - r, r, r, 10),
+            (25, 25, 25),
+            "plain",
+            0.05,
+            details=[(_ngon(x + 1.2 * r, y - r, 0.7 * r, 0.7 * r, 10), (120, 120, 120))],
+        ),
         _Shape("bicycle", frame, color, "plain", 0.05),
     ]
 
@@ -387,10 +569,20 @@ def _bin(rng: np.random.Generator, st: _Street, bx: float, d: float, road_half: 
     t = 1.0 / d
     x, y = st.ground(t, bx)
     s = t * road_half * rng.uniform(0.1, 0.16)
-    return [_Shape("static", _rect(x - s, y - 2 * s, x + s, y), _pick(rng, [(60, 90, 60), (90, 90, 95), (40, 60, 110)]), "plain", 0.05)]
+    return [
+        _Shape(
+            "static",
+            _rect(x - s, y - 2 * s, x + s, y),
+            _pick(rng, [(60, 90, 60), (90, 90, 95), (40, 60, 110)]),
+            "plain",
+            0.05,
+        )
+    ]
 
 
-def _vehicle(rng: np.random.Generator, st: _Street, bx: float, d: float, road_half: float, truck: bool) -> tuple[list[_Shape], tuple[np.ndarray, float]]:
+def _vehicle(
+    rng: np.random.Generator, st: _Street, bx: float, d: float, road_half: float, truck: bool
+) -> tuple[list[_Shape], tuple[np.ndarray, float]]:
     """A car or truck seen from behind (or the front), standing on the road at bottom-row x ``bx``."""
     t = 1.0 / d
     x, y = st.ground(t, bx)
@@ -402,14 +594,35 @@ def _vehicle(rng: np.random.Generator, st: _Street, bx: float, d: float, road_ha
     details: list[tuple[np.ndarray, RGB]] = []
     if truck:
         poly = _rect(x - hw, y - ch, x + hw, y)
-        details.append((_rect(x - hw * 0.9, y - ch * 0.95, x + hw * 0.9, y - ch * 0.3), _jitter(rng, (200, 200, 195), 20)))
+        details.append(
+            (_rect(x - hw * 0.9, y - ch * 0.95, x + hw * 0.9, y - ch * 0.3), _jitter(rng, (200, 200, 195), 20))
+        )
     else:
-        poly = np.array([
-            [x - hw, y], [x + hw, y], [x + hw, y - 0.55 * ch], [x + 0.78 * hw, y - 0.62 * ch], [x + 0.6 * hw, y - ch],
-            [x - 0.6 * hw, y - ch], [x - 0.78 * hw, y - 0.62 * ch], [x - hw, y - 0.55 * ch],
-        ])  # fmt: skip
-        details.append((np.array([[x - 0.72 * hw, y - 0.64 * ch], [x + 0.72 * hw, y - 0.64 * ch], [x + 0.56 * hw, y - 0.95 * ch], [x - 0.56 * hw, y - 0.95 * ch]]),
-                        _jitter(rng, (45, 55, 70), 10)))  # fmt: skip
+        poly = np.array(
+            [
+                [x - hw, y],
+                [x + hw, y],
+                [x + hw, y - 0.55 * ch],
+                [x + 0.78 * hw, y - 0.62 * ch],
+                [x + 0.6 * hw, y - ch],
+                [x - 0.6 * hw, y - ch],
+                [x - 0.78 * hw, y - 0.62 * ch],
+                [x - hw, y - 0.55 * ch],
+            ]
+        )
+        details.append(
+            (
+                np.array(
+                    [
+                        [x - 0.72 * hw, y - 0.64 * ch],
+                        [x + 0.72 * hw, y - 0.64 * ch],
+                        [x + 0.56 * hw, y - 0.95 * ch],
+                        [x - 0.56 * hw, y - 0.95 * ch],
+                    ]
+                ),
+                _jitter(rng, (45, 55, 70), 10),
+            )
+        )
     details.append((_rect(x - hw, y - 0.12 * ch, x - 0.6 * hw, y), dark))  # tyres
     details.append((_rect(x + 0.6 * hw, y - 0.12 * ch, x + hw, y), dark))
     details.append((_rect(x - 0.95 * hw, y - 0.45 * ch, x - 0.7 * hw, y - 0.35 * ch), (200, 30, 25)))  # lights
@@ -419,7 +632,9 @@ def _vehicle(rng: np.random.Generator, st: _Street, bx: float, d: float, road_ha
     return [_Shape("truck" if truck else "car", poly, color, "plain", 0.05, details=details)], (shadow, 0.45)
 
 
-def _texture(shape: _Shape, ys: np.ndarray, xs: np.ndarray, fields: dict[str, np.ndarray], sky_bottom: float) -> np.ndarray:
+def _texture(
+    shape: _Shape, ys: np.ndarray, xs: np.ndarray, fields: dict[str, np.ndarray], sky_bottom: float
+) -> np.ndarray:
     """Colours (N, 3) of the pixels (ys, xs) of one region."""
     base = np.asarray(shape.color, dtype=np.float32)
     if shape.texture == "gradient" and shape.color2 is not None:
@@ -431,14 +646,24 @@ def _texture(shape: _Shape, ys: np.ndarray, xs: np.ndarray, fields: dict[str, np
     elif shape.texture == "stripes":
         gain = 1 + shape.amount * np.sign(np.sin(xs * (2 * np.pi / 3.0))) + 0.03 * fields["fine"][ys, xs]
     elif shape.texture == "blocks":
-        gain = 1 - shape.amount * ((ys % 4) == 0) - shape.amount * 0.5 * (((xs + 3 * ((ys // 4) % 2)) % 7) == 0) + 0.03 * fields["fine"][ys, xs]
+        gain = (
+            1
+            - shape.amount * ((ys % 4) == 0)
+            - shape.amount * 0.5 * (((xs + 3 * ((ys // 4) % 2)) % 7) == 0)
+            + 0.03 * fields["fine"][ys, xs]
+        )
     else:
         gain = 1 + shape.amount * fields["low"][ys, xs] + 0.3 * shape.amount * fields["fine"][ys, xs]
     return base * gain[:, None].astype(np.float32)
 
 
 def _render(
-    shapes: list[_Shape], shadows: list[tuple[np.ndarray, float]], light: dict[str, float], h: int, w: int, rng: np.random.Generator
+    shapes: list[_Shape],
+    shadows: list[tuple[np.ndarray, float]],
+    light: dict[str, float],
+    h: int,
+    w: int,
+    rng: np.random.Generator,
 ) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Rasterise the shapes; return (Cityscapes objects, RGB uint8 image, labelIds uint8)."""
     objects: list[dict] = []
@@ -464,7 +689,9 @@ def _render(
 
     fields = {
         "fine": rng.standard_normal((h, w)).astype(np.float32),
-        "low": cv2.resize(rng.standard_normal((h // 8 + 2, w // 8 + 2)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC),
+        "low": cv2.resize(
+            rng.standard_normal((h // 8 + 2, w // 8 + 2)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+        ),
     }
     fields["leaf"] = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.9) * 2.2
     sky_bottom = max((float(s.polygon[:, 1].max()) for s in kept if s.label == "sky"), default=h / 2)
@@ -499,7 +726,7 @@ def _render(
 
     xs_norm = np.linspace(-1, 1, w, dtype=np.float32)[None, :, None]
     image *= light["exposure"] * (1 + light["side"] * xs_norm)
-    image = cv2.GaussianBlur(image, (0, 0), light["blur"])
+    image = cv2.GaussianBlur(image, (0, 0), light["blur"]).astype(np.float32, copy=False)
     image += rng.normal(0, light["noise"], image.shape).astype(np.float32)
     return objects, np.clip(np.rint(image), 0, 255).astype(np.uint8), label_ids
 

@@ -9,7 +9,7 @@ makes a sample's augmentation independent of the world size and of resuming.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

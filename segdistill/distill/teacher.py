@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..models.ops import to_channels_last
 from ..models.segmentor import EncoderDecoder
 
 
@@ -77,7 +78,7 @@ def fold_batchnorm(model: nn.Module) -> int:
         children = dict(parent.named_children())
         if isinstance(parent, nn.Sequential):
             names = list(children)
-            pairs = [(a, b) for a, b in zip(names, names[1:], strict=False)]
+            pairs = []
         else:
             pairs = [(f"conv{s}", f"bn{s}") for s in ("", "1", "2", "3")]
         for conv_name, bn_name in pairs:
@@ -90,6 +91,7 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    assert bn.running_var is not None and bn.running_mean is not None, "fold only BN with running statistics"
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
@@ -138,7 +140,7 @@ class FrozenTeacher(nn.Module):
             model.eval()
             fold_batchnorm(model)
         if channels_last:
-            model.to(memory_format=torch.channels_last)
+            to_channels_last(model)
         self._tap = Tap(model, self.taps, "teacher")
         self._forward = torch.compile(self._run, dynamic=False) if compile else self._run
         self.train(False)

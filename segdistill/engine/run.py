@@ -30,6 +30,7 @@ from ..models import (
     load_state_dict,
     read_checkpoint,
 )
+from ..models.ops import to_channels_last
 from ..models.segmentor import EncoderDecoder
 from .distributed import DistEnv
 from .schedule import poly_lr
@@ -78,7 +79,8 @@ def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float
     if norm_weight_decay is None:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
@@ -232,7 +234,7 @@ def build_run(cfg: Config, num_classes: int, env: DistEnv, *, load_weights: bool
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     check_norm_batch(student, cfg.train.batch_size * (env.world_size if sync_bn else 1), cfg.train.batch_size)
     if cfg.student.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     trainable: nn.Module = model
     if env.distributed:
         trainable = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)

@@ -58,7 +58,8 @@ class ConfusionMatrix:
             CUDA predictions are counted on the GPU without a copy to the host.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str | None = None) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
+                 device: torch.device | str | None = None) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise MetricValueError(
                 f"num_classes must be a positive int, got {num_classes!r}; "

@@ -75,4 +75,4 @@ def model_info(model: nn.Module, name: str, input_size: tuple[int, int] = (512, 
 
     flops = {child: part(child) for child, _ in model.named_children()}
     flops["total"] = by_module.get("Global", 0)
-    return ModelInfo(name, tuple(input_size), count_params(model), flops)
+    return ModelInfo(name, (int(input_size[0]), int(input_size[1])), count_params(model), flops)

@@ -6,6 +6,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """``module.to(memory_format=torch.channels_last)`` (torch's type stubs lack this overload of ``to``)."""
+    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:

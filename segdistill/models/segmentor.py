@@ -106,7 +106,11 @@ class EncoderDecoder(nn.Module):
                 xi = resize(x, (int(h * scale + 0.5), int(w * scale + 0.5)))
             if flipped:
                 xi = xi.flip(-1)
-            logits = self._slide(xi, crop_size, stride) if mode == "slide" else self._whole(xi)
+            if mode == "slide":
+                assert crop_size is not None and stride is not None
+                logits = self._slide(xi, crop_size, stride)
+            else:
+                logits = self._whole(xi)
             if flipped:
                 logits = logits.flip(-1)
             logits = resize(logits, out_size, self.decode_head.align_corners) \

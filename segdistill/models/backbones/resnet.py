@@ -131,11 +131,13 @@ class ResNetV1c(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = stem_channels
         self.out_channels: list[int] = []
+        layers: list[nn.Sequential] = []
         for i, (n, s, d) in enumerate(zip(stage_blocks, strides, dilations, strict=True)):
             planes = base_channels * 2**i
-            self.add_module(f"layer{i + 1}", _res_layer(block, inplanes, planes, n, s, d, contract_dilation))
+            layers.append(_res_layer(block, inplanes, planes, n, s, d, contract_dilation))
             inplanes = planes * block.expansion
             self.out_channels.append(inplanes)
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:

@@ -16,6 +16,7 @@ The contract between heads and :class:`~segdistill.models.segmentor.EncoderDecod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +66,8 @@ class DecodeHead(nn.Module):
             return feats[self.in_index]
         return [feats[i] for i in self.in_index]
 
-    def features(self, x: HeadInput) -> torch.Tensor:
+    def features(self, x: Any) -> torch.Tensor:
+        """The map right before dropout; ``x`` is what :meth:`select` gives this head (a tensor or a list)."""
         raise NotImplementedError
 
     def forward(self, x: HeadInput) -> torch.Tensor:
@@ -80,4 +82,5 @@ class DecodeHead(nn.Module):
         """mmseg's init: Kaiming (fan_out) for ConvModules, BN to identity, N(0, 0.01) for ``conv_seg``."""
         init_conv_bn(self)
         nn.init.normal_(self.conv_seg.weight, std=0.01)
+        assert self.conv_seg.bias is not None
         nn.init.zeros_(self.conv_seg.bias)
