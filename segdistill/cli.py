@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from .errors import UserError
 
@@ -120,11 +121,13 @@ class ClassInfo:
 def _meta_classes(raw: dict) -> tuple[int | None, list[str] | None, list[tuple[int, int, int]] | None]:
     """``(count, names, colours)`` a checkpoint's meta records: mmseg 1.x / segdistill ``meta["dataset_meta"]``,
     mmseg 0.x ``meta["CLASSES"]``/``meta["PALETTE"]``, segdistill's ``meta["num_classes"]``."""
-    meta = raw.get("meta") if isinstance(raw.get("meta"), Mapping) else {}
-    dm = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
-    names = dm.get("classes", meta.get("CLASSES"))
+    found = raw.get("meta")
+    meta: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    found = meta.get("dataset_meta")
+    dm: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    listed = dm.get("classes", meta.get("CLASSES"))
     colours = dm.get("palette", meta.get("PALETTE"))
-    names = [str(c) for c in names] if isinstance(names, (list, tuple)) and names else None
+    names = [str(c) for c in listed] if isinstance(listed, (list, tuple)) and listed else None
     try:
         palette = [(int(r), int(g), int(b)) for r, g, b in colours] if colours is not None and len(colours) else None
     except (TypeError, ValueError):
@@ -293,8 +296,15 @@ _NUM_CLASSES_HELP = ("classes of the model (default: the checkpoint's meta or cl
                      "the dataset is not needed when the checkpoint says it)")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes print one line, like every other user error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segdistill", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="segdistill", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 

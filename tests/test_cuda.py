@@ -218,15 +218,25 @@ def test_float32_teacher_on_cuda_equals_the_cpu_teacher(trained: nn.Module, fram
     assert rel < 1e-3 and agreement >= 0.999
 
 
-@pytest.mark.parametrize("switches", [
-    {"bf16": True},
-    {"channels_last": True},
-    {"fold_bn": True},
-    {"channels_last": True, "fold_bn": True, "bf16": True},
-    {"channels_last": True, "fold_bn": True, "bf16": True, "compile": True},
-], ids=lambda s: "+".join(s))
+#: tests/test_teacher_fastpath.py's bounds, with float32's ten times looser on the GPU: cuDNN may pick
+#: other algorithms (Winograd, FFT) for another layout or a folded conv. bf16's are the same.
+BOUNDS = {
+    # max |logit difference| / max |logit|, argmax agreement, relative difference of the CWD loss
+    "float32": {"logits": 1e-4, "agreement": 0.9999, "cwd": 1e-4},
+    "bf16": {"logits": 0.03, "agreement": 0.995, "cwd": 0.005},
+}
+
+
+@pytest.mark.parametrize("switches, kind", [
+    ({"channels_last": True}, "float32"),
+    ({"fold_bn": True}, "float32"),
+    ({"channels_last": True, "fold_bn": True, "compile": True}, "float32"),
+    ({"bf16": True}, "bf16"),
+    ({"channels_last": True, "fold_bn": True, "bf16": True}, "bf16"),
+], ids=lambda s: "+".join(s) if isinstance(s, dict) else s)
 def test_fast_teacher_agrees_with_the_float32_teacher(trained: nn.Module, frames: torch.Tensor, device: torch.device,
-                                                      switches: dict[str, bool], record_property: Any) -> None:
+                                                      switches: dict[str, bool], kind: str,
+                                                      record_property: Any) -> None:
     if switches.get("compile") and device.type == "cpu":
         pytest.skip("torch.compile on the CPU is tests/test_teacher_fastpath.py's slow test")
     x = frames.to(device)
@@ -238,12 +248,16 @@ def test_fast_teacher_agrees_with_the_float32_teacher(trained: nn.Module, frames
         student = build_segmentor("pspnet_r18-d8-tiny", 11).to(device).eval()(x)["decode"]
     cwd = ChannelWiseDivergence(tau=1.0, loss_weight=5.0)
     ref, got = float(cwd(student, plain)), float(cwd(student, fast))
-    agreement = float((plain.argmax(1) == fast.argmax(1)).float().mean())
-    cwd_rel = abs(got - ref) / ref
-    record_property("argmax_agreement", f"{agreement:.5f}")
-    record_property("cwd_rel_diff", f"{cwd_rel:.2e}")
-    # The CPU's bounds (tests/test_teacher_fastpath.py): bf16 gave 99.71 % and 0.11 % there.
-    assert agreement >= 0.995 and cwd_rel <= 0.01
+    measured = {"logits": float((fast - plain).abs().max() / plain.abs().max()),
+                "agreement": float((plain.argmax(1) == fast.argmax(1)).float().mean()),
+                "cwd": abs(got - ref) / ref}
+    record_property("max_logit_diff_rel", f"{measured['logits']:.2e}")
+    record_property("argmax_agreement", f"{measured['agreement']:.5f}")
+    record_property("cwd_rel_diff", f"{measured['cwd']:.2e}")
+    bound = BOUNDS[kind]
+    assert measured["logits"] <= bound["logits"], f"max logit difference {measured['logits']:.2e} of the scale"
+    assert measured["agreement"] >= bound["agreement"], f"argmax agreement {measured['agreement']:.5f}"
+    assert measured["cwd"] <= bound["cwd"], f"CWD loss differs by {measured['cwd']:.2e}"
 
 
 # ---- SyncBN and pinned memory ---------------------------------------------------------------------

@@ -80,8 +80,8 @@ def test_batchnorm_folding_keeps_the_function(name: str) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     with torch.no_grad():
         got = model(x)
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-4)
+    for k in want:  # an exact float32 rewrite: float32 bounds (measured <= 1.3e-6 of the output scale)
+        assert (got[k] - want[k]).abs().max() <= 1e-5 * want[k].abs().max(), k
 
 
 def test_fast_paths_match_the_float32_teacher() -> None:
@@ -89,12 +89,14 @@ def test_fast_paths_match_the_float32_teacher() -> None:
     net = _trained_bn(build_segmentor("pspnet_r18-d8-tiny", 5))
     plain = FrozenTeacher(copy.deepcopy(net), ["decode_head.conv_seg"])
     fast = FrozenTeacher(copy.deepcopy(net), ["decode_head.conv_seg"], channels_last=True, fold_bn=True)
-    torch.testing.assert_close(fast(x)["decode_head.conv_seg"], plain(x)["decode_head.conv_seg"], rtol=1e-4, atol=1e-4)
+    ref = plain(x)["decode_head.conv_seg"]
+    # The bounds of tests/test_teacher_fastpath.py: float32 for the exact paths (measured 1.6e-6 of the
+    # output scale), bf16's for bf16 (measured 1.1 %).
+    assert (fast(x)["decode_head.conv_seg"] - ref).abs().max() <= 1e-5 * ref.abs().max()
     bf16 = FrozenTeacher(copy.deepcopy(net), ["decode_head.conv_seg"], bf16=True)
     out = bf16(x)["decode_head.conv_seg"]
     assert out.dtype == torch.float32  # targets always reach the loss in float32
-    ref = plain(x)["decode_head.conv_seg"]
-    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert (out - ref).abs().max() <= 0.03 * ref.abs().max()
 
 
 def test_fold_bn_refuses_a_tapped_batchnorm() -> None:

@@ -141,18 +141,17 @@ def test_feature_term_goes_through_its_connector(case: dict) -> None:
 
 # ---- the shipped reference configs ---------------------------------------------------------------
 
-CITYSCAPES = sorted((REPO / "configs" / "cityscapes").glob("*.yaml"))
+# The reference recipe and its R18-D8 variants; the zoo's configs are pinned by test_zoo_configs.py (students
+# alone) and test_cityscapes_recipes.py (their distillation recipes).
+CITYSCAPES = [REPO / "configs" / "cityscapes" / name for name in (
+    "cwd_logits_deeplabv3_r101-d8_deeplabv3_r18-d8_80k.yaml", "cwd_logits_feats_pspnet_r101-d8_pspnet_r18-d8_80k.yaml",
+    "cwd_logits_pspnet_r101-d8_pspnet_r18-d8_80k.yaml", "pspnet_r18-d8_80k_baseline.yaml")]
 RECIPE_TERM = {"type": "cwd", "student": "decode_head.conv_seg", "teacher": "decode_head.conv_seg",
                "tau": 1.0, "weight": 5.0, "connector": None, "standardize": False}
 
 
-def test_the_cityscapes_configs_are_the_four_documented_ones() -> None:
-    assert [p.name for p in CITYSCAPES] == [
-        "cwd_logits_deeplabv3_r101-d8_deeplabv3_r18-d8_80k.yaml",
-        "cwd_logits_feats_pspnet_r101-d8_pspnet_r18-d8_80k.yaml",
-        "cwd_logits_pspnet_r101-d8_pspnet_r18-d8_80k.yaml",
-        "pspnet_r18-d8_80k_baseline.yaml",
-    ]
+def test_the_four_documented_r18_configs_exist() -> None:
+    assert all(p.is_file() for p in CITYSCAPES)
 
 
 @pytest.mark.parametrize("path", CITYSCAPES, ids=lambda p: p.stem)

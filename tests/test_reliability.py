@@ -305,7 +305,9 @@ def test_a_run_folder_deleted_mid_run_ends_in_one_line(
         return real(it, *args)
 
     monkeypatch.setattr(run_mod, "poly_lr", delete_at_2)
-    _error(capsys, ["train", str(cfg), "--work-dir", str(run)], f"the run folder {run} was deleted or moved")
+    # Deleted during iteration 3; noticed at its log line (every iteration here), before any write.
+    _error(capsys, ["train", str(cfg), "--work-dir", str(run)],
+           f"the run folder {run} was deleted or moved during the run (noticed at iteration 3)")
     assert not run.exists()  # nothing re-created it
 
 
@@ -375,6 +377,8 @@ def test_a_resume_refuses_a_changed_run_unless_accepted(
     _error(capsys, [*train, "train.log_interval=2", "train.device=cpu", "name=renamed"],
            "already at iteration 4 of 4; to train longer, raise train.iters and pass --accept-config-change")
     _error(capsys, [*train, "train.iters=6"], "train.iters 4 -> 6")
+    _error(capsys, [*train, "train.iters=6", f"student.model={TEACHER}", "--accept-config-change"],
+           f"cannot resume from {run / 'checkpoints' / 'iter_0000004.pth'}: its weights do not fit {TEACHER}")
     assert (run / "config.yaml").read_bytes() == saved  # no refused attempt rewrote it
 
     assert main([*train, "train.iters=6", "--accept-config-change"]) == 0

@@ -37,32 +37,49 @@ def trained() -> torch.nn.Module:
     return model.eval()
 
 
-def _agreement_and_cwd(trained: torch.nn.Module, frames: torch.Tensor, **switches: bool) -> tuple[float, float]:
+#: Exact float32 paths (channels_last, fold_bn, torch.compile) only reorder float32 arithmetic: judged
+#: by float32 bounds. bf16 rounds every op to 8 mantissa bits (eps 2^-8 = 0.4 %): judged by bf16 bounds.
+#: The same numbers are in docs/performance.md and docs/losses.md.
+BOUNDS = {
+    # max |logit difference| / max |logit|, argmax agreement, relative difference of the CWD loss
+    "float32": {"logits": 1e-5, "agreement": 0.9999, "cwd": 1e-5},
+    "bf16": {"logits": 0.03, "agreement": 0.995, "cwd": 0.005},
+}
+
+
+def _compare(trained: torch.nn.Module, frames: torch.Tensor, **switches: bool) -> dict[str, float]:
     plain = FrozenTeacher(copy.deepcopy(trained), [TAP])(frames)[TAP]
     fast = FrozenTeacher(copy.deepcopy(trained), [TAP], **switches)(frames)[TAP]
+    assert fast.dtype == torch.float32  # the targets always reach the loss in float32
     torch.manual_seed(0)
     with torch.no_grad():
         student = build_segmentor("pspnet_r18-d8-tiny", 11).eval()(frames)["decode"]
     cwd = ChannelWiseDivergence(tau=1.0, loss_weight=5.0)
     ref, got = float(cwd(student, plain)), float(cwd(student, fast))
-    agreement = float((plain.argmax(1) == fast.argmax(1)).float().mean())
-    return agreement, abs(got - ref) / ref
+    return {"logits": float((fast - plain).abs().max() / plain.abs().max()),
+            "agreement": float((plain.argmax(1) == fast.argmax(1)).float().mean()),
+            "cwd": abs(got - ref) / ref}
 
 
-@pytest.mark.parametrize("switches", [
-    {"channels_last": True},
-    {"fold_bn": True},
-    {"bf16": True},
-    {"channels_last": True, "fold_bn": True, "bf16": True},
-], ids=lambda s: "+".join(s))
+def _check(measured: dict[str, float], kind: str) -> None:
+    bound = BOUNDS[kind]
+    assert measured["logits"] <= bound["logits"], f"max logit difference {measured['logits']:.2e} of the scale"
+    assert measured["agreement"] >= bound["agreement"], f"argmax agreement {measured['agreement']:.5f}"
+    assert measured["cwd"] <= bound["cwd"], f"CWD loss differs by {measured['cwd']:.2e}"
+
+
+@pytest.mark.parametrize("switches, kind", [
+    ({"channels_last": True}, "float32"),
+    ({"fold_bn": True}, "float32"),
+    ({"channels_last": True, "fold_bn": True}, "float32"),
+    ({"bf16": True}, "bf16"),
+    ({"channels_last": True, "fold_bn": True, "bf16": True}, "bf16"),
+], ids=lambda s: "+".join(s) if isinstance(s, dict) else s)
 def test_fast_teacher_agrees_with_the_float32_teacher(trained: torch.nn.Module, frames: torch.Tensor,
-                                                      switches: dict[str, bool]) -> None:
-    agreement, cwd_rel = _agreement_and_cwd(trained, frames, **switches)
-    assert agreement >= 0.995, f"argmax agreement {agreement:.4f}"
-    assert cwd_rel <= 0.01, f"CWD loss differs by {cwd_rel:.2%}"
+                                                      switches: dict[str, bool], kind: str) -> None:
+    _check(_compare(trained, frames, **switches), kind)
 
 
 @pytest.mark.slow
 def test_compiled_teacher_agrees_with_the_float32_teacher(trained: torch.nn.Module, frames: torch.Tensor) -> None:
-    agreement, cwd_rel = _agreement_and_cwd(trained, frames[:4], channels_last=True, fold_bn=True, compile=True)
-    assert agreement >= 0.995 and cwd_rel <= 0.01
+    _check(_compare(trained, frames[:4], channels_last=True, fold_bn=True, compile=True), "float32")

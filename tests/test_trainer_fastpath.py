@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_config_tree, write_tiny_folder_dataset
 
 from segdistill.config import Config, config_from_dict
 from segdistill.engine import run as run_mod
@@ -15,8 +16,6 @@ from segdistill.engine.checkpointing import iter_checkpoints
 from segdistill.engine.run import build_student
 from segdistill.engine.trainer import train
 from segdistill.errors import UserError
-
-from conftest import tiny_config_tree, write_tiny_folder_dataset
 
 
 def _config(data_root: Path, **overrides: Any) -> Config:
@@ -51,14 +50,15 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path]:
 def test_channels_last_student_takes_the_same_steps(plain_run: tuple[Config, Path], tmp_path: Path) -> None:
     cfg, plain = plain_run
     train(_config(Path(cfg.data.root), **{"student.channels_last": "true"}), tmp_path / "cl")
-    assert _update_error(cfg, plain, tmp_path / "cl") < 1e-3
+    # An exact float32 path (only the order of float32 sums changes): a float32 bound, measured 4.6e-6.
+    assert _update_error(cfg, plain, tmp_path / "cl") < 5e-5
 
 
 def test_bf16_autocast_student_takes_nearly_the_same_steps(plain_run: tuple[Config, Path], tmp_path: Path) -> None:
     cfg, plain = plain_run
     train(_config(Path(cfg.data.root), **{"train.amp": "bf16"}), tmp_path / "bf16")
-    # bf16 keeps 8 bits of mantissa: on this tiny net the 3 updates agree to ~11 % (6 % after one step;
-    # fp16's 11 bits give ~1.5 %), far from an unrelated update's ~1.4.
+    # bf16 keeps 8 bits of mantissa: on this tiny net the 3 updates agree to ~10 % (6 % after one step;
+    # fp16's 11 bits give ~1.4 %), far from an unrelated update's ~1.4.
     assert _update_error(cfg, plain, tmp_path / "bf16") < 0.2
 
 
@@ -66,7 +66,7 @@ def test_fp16_autocast_with_grad_scaler_takes_nearly_the_same_steps(plain_run: t
                                                                      tmp_path: Path) -> None:
     cfg, plain = plain_run
     train(_config(Path(cfg.data.root), **{"train.amp": "fp16"}), tmp_path / "fp16")
-    assert _update_error(cfg, plain, tmp_path / "fp16") < 0.04
+    assert _update_error(cfg, plain, tmp_path / "fp16") < 0.04  # measured 1.4 %
     state = torch.load(iter_checkpoints(tmp_path / "fp16")[0], weights_only=False)
     assert state["scaler"]["scale"] == 65536.0, "no overflow expected at the default scale on this tiny run"
 

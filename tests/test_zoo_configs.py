@@ -15,10 +15,11 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_config_tree
+from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.cli import main
 from segdistill.config import load_config
-from segdistill.models import build_segmentor, segmentor
+from segdistill.models import build_segmentor, model_info, segmentor
 
 REPO = Path(__file__).resolve().parents[1]
 CITYSCAPES = REPO / "configs" / "cityscapes"
@@ -142,6 +143,26 @@ def test_every_zoo_model_shares_one_normalisation(reference_dir: Path) -> None:
         assert tuple(pre["mean"]) == segmentor.MEAN_RGB, path.name
         assert tuple(pre["std"]) == segmentor.STD_RGB, path.name
         assert pre["bgr_to_rgb"] is True and pre["pad_val"] == 0 and pre["seg_pad_val"] == 255, path.name
+
+
+def test_info_counts_every_head_and_the_attention() -> None:
+    """docs/models.md's FLOPs: auxiliary heads in a ModuleList are counted (and left out of inference), and
+    SegFormer's attention is counted although CPU attention runs a fused kernel torch's counter does not see."""
+    info = model_info(build_segmentor("stdc1", 19), "stdc1", (64, 128))
+    assert info.flops["auxiliary_head"] > 0 and info.params["auxiliary_head"] > 0
+    assert info.flops["total"] == info.flops["backbone"] + info.flops["decode_head"] + info.flops["auxiliary_head"]
+    assert info.inference_flops == info.flops["backbone"] + info.flops["decode_head"]
+    assert info.inference_params == info.params["backbone"] + info.params["decode_head"]
+    model = build_segmentor("segformer_mit-b0", 19).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 64, 128))  # on the CPU: the fused attention kernel is not counted
+    # MiT-B0 (mmseg): widths 32, 64, 160, 256, 2 blocks per stage, strides 4, 8, 16, 32, key/value maps
+    # reduced 8, 4, 2, 1 times per side; at 64x128 every stage attends to 2x4 = 8 keys. QK^T and AV cost
+    # 2 x N x M x C FLOPs each per block.
+    tokens = [16 * 32, 8 * 16, 4 * 8, 2 * 4]
+    attention = sum(2 * 2 * n * 8 * c * 2 for n, c in zip(tokens, (32, 64, 160, 256), strict=True))
+    assert model_info(model, "segformer_mit-b0", (64, 128)).flops["total"] == counter.get_total_flops() + attention
 
 
 # model to train, its Cityscapes config (whose optimizer and schedule it keeps), its loss names

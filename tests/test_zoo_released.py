@@ -23,6 +23,7 @@ from conftest import tiny_config_tree
 from segdistill.cli import main
 from segdistill.errors import UserError
 from segdistill.models import build_segmentor, load_checkpoint
+from segdistill.models.checkpoint import identify_weights
 
 CITYSCAPES = Path(__file__).resolve().parents[1] / "configs" / "cityscapes"
 # One model of each family, with the config whose "# released:" line names mmseg's checkpoint.
@@ -35,15 +36,18 @@ FAMILIES = [
 _HASHED = re.compile(r"-[0-9a-f]{8}\.pth$")
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
     """A loopback HTTP server (port chosen by the OS) over a fresh folder; a fresh download cache."""
     monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "served"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -112,6 +116,19 @@ def test_other_architecture_is_one_line_naming_both(server: tuple[str, Path]) ->
     assert "unexpected [backbone.layers.0.0.projection.weight" in msg  # SegFormer's keys stdc1 lacks
 
 
+def test_weights_are_identified_by_keys_and_shapes() -> None:
+    """The file name only orders the candidates: without it the zoo is searched; tiny and full are told apart."""
+    dv3 = build_segmentor("deeplabv3_r18-d8", 7).state_dict()
+    tiny = build_segmentor("pspnet_r18-d8-tiny", 7).state_dict()
+    assert identify_weights(dv3) == "deeplabv3_r18-d8 (7 classes)"  # fourth in MODELS: the search goes on to it
+    assert identify_weights(dv3, search_all=False) is None
+    released = "deeplabv3_r18-d8_512x1024_80k_cityscapes_20201225_021506-23dffbe2.pth"
+    assert identify_weights(dv3, hint=released, search_all=False) == "deeplabv3_r18-d8 (7 classes)"
+    assert identify_weights(tiny, hint="pspnet_r18-d8_512x1024_80k.pth", search_all=False) is None
+    own_run = "pspnet_r18-d8-tiny_run.pth"  # both pspnet_r18-d8 names begin it: the longer one is tried first
+    assert identify_weights(tiny, hint=own_run, search_all=False) == "pspnet_r18-d8-tiny (7 classes)"
+
+
 def test_cli_eval_from_a_url_and_its_mismatch(server: tuple[str, Path], tiny_dataset: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """``segdistill eval`` reads a released-layout checkpoint from a URL; a wrong one exits 2 with one line."""
@@ -126,6 +143,7 @@ def test_cli_eval_from_a_url_and_its_mismatch(server: tuple[str, Path], tiny_dat
     capsys.readouterr()
     wrong = _publish(build_segmentor("bisenetv2", 3), "bisenetv2", "bisenetv2_160k.yaml", base, root)
     assert main(["eval", str(cfg), "--checkpoint", wrong, "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "it holds bisenetv2 (3 classes) weights, the model is stdc1 (3 classes)" in err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # before it: the download's progress
+    assert "it holds bisenetv2 (3 classes) weights, the model is stdc1 (3 classes)" in last

@@ -78,7 +78,7 @@ def fold_batchnorm(model: nn.Module) -> int:
         children = dict(parent.named_children())
         if isinstance(parent, nn.Sequential):
             names = list(children)
-            pairs = []
+            pairs = [(a, b) for a, b in zip(names, names[1:], strict=False)]
         else:
             pairs = [(f"conv{s}", f"bn{s}") for s in ("", "1", "2", "3")]
         for conv_name, bn_name in pairs:

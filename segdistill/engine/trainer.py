@@ -457,9 +457,9 @@ def _train(cfg: Config, work_dir: Path, resume: bool | Path, accept_config_chang
                 check_folder(done)
 
             if step.stop > 0:
-                path = save(done)
+                saved = save(done)
                 logger.close()
-                raise TrainingStopped(step.stop if env.world_size == 1 else signal.SIGTERM, done, path)
+                raise TrainingStopped(step.stop if env.world_size == 1 else signal.SIGTERM, done, saved)
             # Evaluate before checkpointing: a crash during the evaluation then resumes from the previous
             # checkpoint and redoes it, instead of resuming past an evaluation that never finished.
             if done % cfg.train.eval_interval == 0 or done == cfg.train.iters:

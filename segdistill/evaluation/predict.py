@@ -238,6 +238,7 @@ def predict(
     colors = _check_palette(palette, model.num_classes)
     out_path = Path(out_dir)
     plan = _plan(inputs, out_path, overwrite)
+    device = torch.device(device)
     model.eval().to(device)
     written: list[Path] = []
     with progress_bar(len(plan), "predict", unit="img", enabled=progress) as bar:
@@ -255,7 +256,7 @@ def _predict_one(model: EncoderDecoder, image_path: Path, stem: Path, colors: np
     h, w = rgb.shape[:2]
     net_rgb = rgb
     if eval_scale is not None:
-        nh, nw = rescale_size((h, w), tuple(eval_scale))
+        nh, nw = rescale_size((h, w), (int(eval_scale[0]), int(eval_scale[1])))
         if (nh, nw) != (h, w):
             # Same resize as the evaluation pipeline: bilinear on the uint8 image, before normalising.
             net_rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)

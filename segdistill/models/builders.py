@@ -318,4 +318,6 @@ def build_segmentor(name: str, num_classes: int) -> EncoderDecoder:
         raise UserError(f"unknown model {name!r}: {hint}valid names are {', '.join(MODELS)}")
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes}")
-    return MODELS[name](num_classes)
+    model = MODELS[name](num_classes)
+    setattr(model, "zoo_name", name)  # noqa: B010 - a plain attribute (not a submodule) that checkpoint errors name
+    return model

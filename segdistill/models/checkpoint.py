@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
 from ..errors import UserError
 from ..fileio import atomic_path
@@ -164,14 +164,22 @@ def compare_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> Mism
     )
 
 
-class _SkipInitOnMeta(TorchDispatchMode):
-    """Skips in-place ops on meta tensors: building a model on the meta device then skips its (slow there,
-    and meaningless) random initialisation. Shapes come from the constructors, so they are unchanged."""
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Skips in-place functions (``normal_``, ``nn.init.kaiming_normal_``, ...) on meta tensors.
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func._schema.is_mutable and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
-            return args[0]
-        return func(*args, **(kwargs or {}))
+    Building a model on the meta device then skips its random initialisation, which is meaningless there
+    and slow (it runs through torch's Python reference kernels and imports torch._dynamo). Shapes come
+    from the constructors, so the state dict's names and shapes are unchanged.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.endswith("__"):
+            first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            if first is not None and first.is_meta:
+                return first
+        return func(*args, **kwargs)
 
 
 @functools.cache
@@ -188,29 +196,43 @@ def _signature(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in sd.items() if "conv_seg." not in k}
 
 
-def identify_weights(sd: Mapping[str, torch.Tensor]) -> str | None:
+def identify_weights(sd: Mapping[str, torch.Tensor], hint: str = "", search_all: bool = True) -> str | None:
     """Which model of ``MODELS`` the segmentor weights ``sd`` are, as ``"name (N classes)"``; None for none.
 
-    Only for error messages: it builds zoo models on the meta device until one matches (all of them, a few
-    seconds on a small CPU, when none does).
+    The models whose name starts ``hint`` (a file name: mmseg's releases are named after the model, e.g.
+    ``segformer_mit-b0_8x1_1024x1024_160k_cityscapes_...pth``) are tried first, then, with ``search_all``,
+    the rest of the zoo. Each candidate is built on the meta device: the whole zoo takes seconds on a
+    small CPU, so this is for error messages only.
     """
     from .builders import MODELS
 
     if "decode_head.conv_seg.weight" not in sd:
         return None
+    hinted = sorted((n for n in MODELS if hint.startswith(n)), key=len, reverse=True)
+    candidates = [*hinted, *(n for n in MODELS if n not in hinted)] if search_all else hinted
     sig = _signature(sd)
-    name = next((n for n in MODELS if _zoo_signature(n) == sig), None)
+    name = next((n for n in candidates if _zoo_signature(n) == sig), None)
     return None if name is None else f"{name} ({sd['decode_head.conv_seg.weight'].shape[0]} classes)"
 
 
-def _what_and_expected(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> str:
-    """``"it holds X weights, the model is Y; "`` for a zoo segmentor; nothing for other modules (backbones)."""
-    expected = identify_weights(model.state_dict())
-    if expected is None:
+def _what_and_expected(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, mismatch: Mismatch) -> str:
+    """``"it holds X weights, the model is Y; "`` for a model built by ``build_segmentor``; else nothing.
+
+    The weights are looked up in the whole zoo only when most of the model's keys are missing (another
+    architecture); a near miss (a few keys, the number of classes) keeps the error instant.
+    """
+    own = model.state_dict()
+    name = getattr(model, "zoo_name", None)
+    if name is None or "decode_head.conv_seg.weight" not in own:
         return ""
-    found = identify_weights(sd)
-    what = f"{found} weights" if found else "weights of no model segdistill builds"
-    return f"it holds {what}, the model is {expected}; "
+    expected = f"{name} ({own['decode_head.conv_seg.weight'].shape[0]} classes)"
+    search_all = len(mismatch.missing) > len(own) // 2
+    found = identify_weights(sd, hint=re.split(r"[\s/\\]", source)[-1], search_all=search_all)
+    if found:
+        return f"it holds {found} weights, the model is {expected}; "
+    if search_all:
+        return f"it holds weights of no model segdistill builds, the model is {expected}; "
+    return f"the model is {expected}; "
 
 
 def load_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool = True,
@@ -222,7 +244,8 @@ def load_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bo
     """
     mismatch = compare_state_dict(model, sd)
     if strict and mismatch:
-        raise UserError(f"{source} does not fit the model: {_what_and_expected(model, sd)}{mismatch.summary()} "
+        what = _what_and_expected(model, sd, source, mismatch)
+        raise UserError(f"{source} does not fit the model: {what}{mismatch.summary()} "
                         "(wrong model name or num_classes? load with strict=False to skip these)")
     bad = {k for k, _, _ in mismatch.shape}
     own = model.state_dict()

@@ -69,6 +69,13 @@ _TRUSTED: dict[tuple[str, str], Any] = {
                                                      "PurePosixPath", "PureWindowsPath")},
     **{("datetime", n): getattr(datetime, n) for n in ("datetime", "date", "time", "timedelta", "timezone")},
 }
+# torch._utils' tensor rebuilders that torch's own weights_only loader allows.
+_TORCH_REBUILDERS = frozenset({
+    "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+    "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_tensor",
+    "_rebuild_meta_tensor_no_storage", "_rebuild_wrapper_subclass", "_rebuild_device_tensor_from_cpu_tensor",
+    "_rebuild_device_tensor_from_numpy",
+})
 # Python 2 names that pickle protocol 2 still writes.
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 # numpy 2 writes numpy._core, numpy 1 numpy.core; either reads with whichever numpy is installed.
@@ -158,7 +165,8 @@ def resolve_global(module: str, name: str) -> Any:
         return _TRUSTED[(module, name)]
     if module.split(".", 1)[0] in OPENMMLAB_PACKAGES:
         return _stand_in(module, name)
-    if module in ("torch._utils", "torch.serialization") and (name.startswith("_rebuild_") or name == "_get_layout"):
+    if (module == "torch._utils" and name in _TORCH_REBUILDERS) or (module, name) == ("torch.serialization",
+                                                                                       "_get_layout"):
         return getattr(importlib.import_module(module), name)
     if module == "torch" and (found := _torch_global(name)) is not None:
         return found
