@@ -279,7 +279,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.work_dir), quick=args.quick)
+    run_demo(Path(args.work_dir), quick=args.quick, progress=not args.no_progress)
     return 0
 
 
@@ -399,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole system on generated street scenes, in minutes on a CPU")
     p.add_argument("--work-dir", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="time a distillation step part by part, or inference latency")

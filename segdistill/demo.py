@@ -23,6 +23,7 @@ from .engine.trainer import train
 from .errors import UserError
 from .fileio import atomic_path, atomic_write_text
 from .models import build_segmentor, load_checkpoint
+from .progress import progress_bar
 
 ARMS = ("teacher", "student", "student_cwd")
 LABELS = {"teacher": "teacher (PSPNet-R50-D8-tiny)", "student": "student alone (PSPNet-R18-D8-tiny)",
@@ -51,32 +52,43 @@ def _finished(run: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() and (run / "final.pth").is_file() else None
 
 
-def run_demo(work_dir: Path, quick: bool = False, num_train: int = 48, num_val: int = 12) -> dict[str, float]:
-    """Run (or finish) the demo in ``work_dir``; returns the final mIoU of each arm."""
+def run_demo(work_dir: Path, quick: bool = False, num_train: int = 48, num_val: int = 12,
+             progress: bool = True) -> dict[str, float]:
+    """Run (or finish) the demo in ``work_dir``; returns the final mIoU of each arm.
+
+    ``progress`` shows the demo's phases (scenes, preparation, one per arm, figures) as a bar on stderr.
+    """
     t0 = time.perf_counter()
     data = work_dir / "data"
-    if not (data / "train.txt").is_file():
-        print(f"[demo] generating {num_train}+{num_val} street scenes in {data}")
-        generate_demo_scenes(data, num_train=num_train, num_val=num_val, size=(128, 256), seed=0)
-        print("[demo] preparing them as Cityscapes: polygons -> labelTrainIds")
-        print(prepare_cityscapes(data, nproc=2, progress=False).summary())
     configs = demo_configs(work_dir, quick)
     results: dict[str, dict] = {}
-    for arm in ARMS:
-        run = work_dir / arm
-        done = _finished(run)
-        if done is None:
-            print(f"[demo] training {LABELS[arm]} for {configs[arm].train.iters} iterations -> {run}")
-            train(configs[arm], run)
+    with progress_bar(2 + len(ARMS), "demo", unit="phase", enabled=progress, interval=0.0) as phases:
+        if not (data / "train.txt").is_file():
+            phases.set_postfix_str("street scenes")
+            print(f"[demo] generating {num_train}+{num_val} street scenes in {data}")
+            generate_demo_scenes(data, num_train=num_train, num_val=num_val, size=(128, 256), seed=0)
+            print("[demo] preparing them as Cityscapes: polygons -> labelTrainIds")
+            print(prepare_cityscapes(data, nproc=2, progress=False).summary())
+        phases.update(1)
+        for arm in ARMS:
+            phases.set_postfix_str(LABELS[arm])
+            run = work_dir / arm
             done = _finished(run)
-        if done is None:
-            raise UserError(f"the demo arm {arm} did not finish; run `segdistill demo` again to resume it")
-        results[arm] = done
-    miou = {arm: float(results[arm]["final"]["mIoU"]) for arm in ARMS}
-    table = _table(miou, {arm: configs[arm].train.iters for arm in ARMS})
-    atomic_write_text(work_dir / "results.md", table + "\n")
-    pictures = _prediction_grid(work_dir, configs)
-    curves = _curves(work_dir)
+            if done is None:
+                print(f"[demo] training {LABELS[arm]} for {configs[arm].train.iters} iterations -> {run}")
+                train(configs[arm], run)
+                done = _finished(run)
+            if done is None:
+                raise UserError(f"the demo arm {arm} did not finish; run `segdistill demo` again to resume it")
+            results[arm] = done
+            phases.update(1)
+        phases.set_postfix_str("table and figures")
+        miou = {arm: float(results[arm]["final"]["mIoU"]) for arm in ARMS}
+        table = _table(miou, {arm: configs[arm].train.iters for arm in ARMS})
+        atomic_write_text(work_dir / "results.md", table + "\n")
+        pictures = _prediction_grid(work_dir, configs)
+        curves = _curves(work_dir)
+        phases.update(1)
     print(table)
     print(f"[demo] predictions: {pictures}")
     print(f"[demo] training curves: {curves if curves else 'matplotlib not installed (pip install segdistill[plot])'}")
