@@ -130,21 +130,38 @@ def bench(model: str, config: str, override: bool) -> dict:
             "date": data["date"], "command": "segdistill " + " ".join(cmd[3:-2])}
 
 
-def measure(out: Path, only: list[str]) -> None:
-    """Measure every row (or ``only``) into ``out``, rewriting it after each model; skips finished rows."""
+def _runs(row: dict) -> list[dict]:
+    """The bench runs of a row (a row written before ``runs`` existed is one run)."""
+    if "runs" in row:
+        return row["runs"]
+    return [{k: row[k] for k in ("fp32_ms", "fast_ms", "machine", "date", "command", "error") if k in row}]
+
+
+def measure(out: Path, only: list[str], passes: int) -> None:
+    """Measure every row (or ``only``) into ``out`` until it has ``passes`` bench runs, rewriting the file after
+    each run; a rerun continues where the last one stopped. On a shared machine several passes, taken at
+    different times, let the table keep each model's least disturbed (fastest) run."""
     results = json.loads(out.read_text()) if out.exists() else {"models": {}}
-    for model, config, override in ROWS:
-        if (only and model not in only) or "fp32_ms" in results["models"].get(model, {}):
-            continue
-        start = time.time()
-        row = {"config": config, "override": override, "counts": count(model), **bench(model, config, override)}
-        row["wall_s"] = round(time.time() - start, 1)
-        results["models"][model] = row
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(out)
-        lat = "error: " + row["error"] if "error" in row else f"{row['fp32_ms']:.0f} / {row['fast_ms']:.0f} ms"
-        print(f"{model}: {lat} ({row['wall_s']:.0f} s)", flush=True)
+    for _ in range(passes):
+        for model, config, override in ROWS:
+            row = results["models"].get(model)
+            if (only and model not in only) or (row is not None and len(_runs(row)) >= passes):
+                continue
+            start = time.time()
+            if row is None:
+                row = {"config": config, "override": override, "counts": count(model), "runs": []}
+            row = {"config": config, "override": override, "counts": row["counts"], "runs": _runs(row)}
+            if row["runs"] and not any("fp32_ms" in r for r in row["runs"]):
+                row["runs"] = []  # only failed runs so far: try again
+            run = bench(model, config, override)
+            row["runs"].append({**run, "wall_s": round(time.time() - start, 1)})
+            results["models"][model] = row
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1))
+            tmp.replace(out)
+            lat = "error: " + run["error"] if "error" in run else f"{run['fp32_ms']:.0f} / {run['fast_ms']:.0f} ms"
+            load = run.get("machine", {}).get("load_average_start")
+            print(f"{model} run {len(row['runs'])}: {lat}, load {load}", flush=True)
 
 
 def _ms(value: float | None) -> str:
@@ -163,11 +180,14 @@ def render(path: Path) -> str:
         row = models[model]
         small, large = row["counts"]["512x1024"], row["counts"]["1024x2048"]
         url, miou = released(model, config, override)
-        load = row.get("machine", {}).get("load_average_start")
+        runs = [r for r in _runs(row) if r.get("fp32_ms") is not None]
+        fp32 = min((r["fp32_ms"] for r in runs), default=None)
+        fast = min((r["fast_ms"] for r in runs if r.get("fast_ms") is not None), default=None)
+        loads = sorted(r["machine"]["load_average_start"] for r in runs if r["machine"].get("load_average_start"))
+        load = "n/a" if not loads else f"{loads[0]:.1f}" if len(loads) == 1 else f"{loads[0]:.1f}–{loads[-1]:.1f}"
         cfg = "—" if override else f"[{config}](../configs/cityscapes/{config})"
         lines.append(f"| `{model}` | {small['params_m']:.2f} | {small['gflops']:.1f} | {large['gflops']:.1f} | "
-                     f"{_ms(row.get('fp32_ms'))} | {_ms(row.get('fast_ms'))} | "
-                     f"{'n/a' if load is None else f'{load:.1f}'} | {miou:.2f} | [{Path(url).name}]({url}) | {cfg} |")
+                     f"{_ms(fp32)} | {_ms(fast)} | {load} | {miou:.2f} | [checkpoint]({url}) | {cfg} |")
     return "\n".join(lines)
 
 
@@ -177,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("measure", help="count and time every model into a JSON file (resumable)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--only", nargs="*", default=[], help="just these models")
+    p.add_argument("--passes", type=int, default=1, help="bench runs per model; the table keeps the fastest")
     p = sub.add_parser("render", help="print the markdown table of a measure JSON")
     p.add_argument("json", type=Path)
     args = parser.parse_args(argv)
     if args.command == "measure":
-        measure(args.out, args.only)
+        measure(args.out, args.only, args.passes)
     else:
         print(render(args.json))
     return 0

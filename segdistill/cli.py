@@ -81,10 +81,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import EvalSet, build_eval_pipeline
     from .engine.distributed import init_distributed
     from .evaluation import evaluate
-    from .fileio import atomic_write_text
+    from .fileio import atomic_write_text, check_writable
 
     args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _config(args)
+    if args.out:  # before an evaluation that can take hours
+        check_writable(args.out, "--out")
     env = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     ds = _dataset_meta(cfg, args.split)
     model = _load_model(args.model or cfg.student.model, ds.num_classes, args.checkpoint, args.part).to(env.device)
@@ -175,6 +177,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if (args.input is None) == (args.split is None):
         raise UserError("predict needs exactly one of INPUT (an image or a folder) or --split NAME")
+    _check_sizes(args)
+    if not 0 <= args.opacity <= 1:
+        raise UserError(f"--opacity must be in [0, 1], got {args.opacity}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file; predict writes into a folder: choose a folder path")
     args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _config(args)
     raw = read_checkpoint(args.checkpoint)
@@ -195,10 +202,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .fileio import check_writable
     from .models import read_checkpoint
     from .models.export import export_onnx, export_student
 
     cfg = _config(args)
+    _check_sizes(args)
+    check_writable(args.out, "--out")
+    if args.onnx:
+        check_writable(args.onnx, "--onnx")
     info = _class_info(cfg, read_checkpoint(args.checkpoint), args.checkpoint, args.num_classes)
     # Names the checkpoint records are kept by export_student itself; the dataset's are added when it has none.
     out = export_student(args.checkpoint, args.out, args.model or cfg.student.model, info.num_classes,
@@ -216,11 +228,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_viz_channels(args: argparse.Namespace) -> int:
     from .data import read_image
     from .distill.viz import channel_softmax_figure
+    from .fileio import check_writable
     from .models import read_checkpoint
 
     cfg = _config(args)
     if cfg.teacher is None:
         raise UserError(f"{args.config} names no teacher; viz-channels compares a teacher with a student")
+    _check_sizes(args)
+    check_writable(args.out, "--out")
     raw = read_checkpoint(args.checkpoint)
     info = _class_info(cfg, raw, args.checkpoint, args.num_classes)
     teacher = _load_model(cfg.teacher.model, info.num_classes, args.teacher_checkpoint or cfg.teacher.checkpoint,
@@ -234,12 +249,23 @@ def cmd_viz_channels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sizes(args: argparse.Namespace) -> None:
+    """``--size H W`` and ``--num-classes N``, where a command has them, must be positive."""
+    size = getattr(args, "size", None)
+    if size is not None and not all(v > 0 for v in size):
+        raise UserError(f"--size must be two positive numbers H W, got {' '.join(map(str, size))}")
+    classes = getattr(args, "num_classes", None)
+    if classes is not None and classes <= 0:
+        raise UserError(f"--num-classes must be a positive number, got {classes}")
+
+
 # ---- info --------------------------------------------------------------------------------------
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .models import build_segmentor, model_info
 
+    _check_sizes(args)
     model = build_segmentor(args.model, args.num_classes)
     print(model_info(model, args.model, tuple(args.size)).table())
     return 0
@@ -464,13 +490,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segdistill {args.command}: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
     except UserError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"segdistill {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, str(e))
     except KeyboardInterrupt:
         print(f"segdistill {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        # Out of memory (host or device) is met, not made: one line with what to lower. Other
+        # RuntimeErrors are bugs and keep their traceback.
+        if not _is_out_of_memory(e):
+            raise
+        return _fail(args, f"out of memory ({_first_line(e)}); lower train.batch_size or data.crop_size, evaluate "
+                           "large images with eval.mode=slide, or resize the input, then run again")
+    except OSError as e:
+        # The last line of defence for the environment (a file that vanished, a full disk, a permission):
+        # the cause and the file, without a traceback. Known causes have their own UserError already.
+        names = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        text = f"{e.strerror}: {names}" if e.strerror and names else e.strerror or _first_line(e)
+        return _fail(args, text)
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """Print ``segdistill CMD: error: <message>`` (the traceback too with ``--debug``) and return exit code 2."""
+    if args.debug:
+        traceback.print_exc()
+    print(f"segdistill {args.command}: error: {_first_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _first_line(err: BaseException | str) -> str:
+    """The message of ``err`` on one line: a DataLoader worker's wrapper is undone, and only the first line is kept."""
+    from .errors import unwrap_worker_message
+
+    text = unwrap_worker_message(str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or any(
+        s in str(err) for s in ("can't allocate memory", "CUDA out of memory", "out of memory"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -235,12 +236,19 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             # PyYAML (YAML 1.1) reads `1e-4` as a string; accept what Python reads as a number.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        # Every float field of every dataclass passes here: nan and inf (`.nan`, `inf`, `1e999`) are refused once.
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where}: expected an integer, got {value!r}")
@@ -279,6 +287,8 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     dotted, text = override.split("=", 1)
     keys = dotted.strip().split(".")
     node: Any = tree
+    if not all(keys):
+        raise UserError(f"override {override!r}: {dotted.strip()!r} has an empty key; write key.sub=value")
     for i, key in enumerate(keys[:-1]):
         if isinstance(node, list):
             node = node[_index(key, node, keys[: i + 1])]
@@ -286,6 +296,9 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
             if node.get(key) is None:
                 node[key] = {}
             node = node[key]
+        if not isinstance(node, (dict, list)):
+            raise UserError(f"override key {dotted.strip()!r}: {'.'.join(keys[: i + 1])!r} is a single value "
+                            f"({node!r}), not a mapping or a list, so it has no {keys[i + 1]!r}")
     last = keys[-1]
     if isinstance(node, list):
         node[_index(last, node, keys)] = _parse_scalar(text)
@@ -299,13 +312,20 @@ def _index(key: str, node: list[Any], path: list[str]) -> int:
     return int(key)
 
 
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
 def validate(cfg: Config) -> Config:
     """Range checks that types alone cannot express."""
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise UserError(f"config key {key!r}: {msg}")
 
+    need(0 <= cfg.seed < 2**32, "seed", f"must be an integer in [0, 2**32), got {cfg.seed}")
     need(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    need(0 <= cfg.optim.momentum < 1, "optim.momentum", f"must be in [0, 1), got {cfg.optim.momentum}")
+    need(_DEVICE_RE.match(cfg.train.device) is not None, "train.device",
+         f"must be auto, cpu, cuda or cuda:N, got {cfg.train.device!r}")
     need(0 <= cfg.optim.min_lr <= cfg.optim.lr, "optim.min_lr", "must be in [0, optim.lr]")
     need(cfg.optim.power >= 0, "optim.power", "must be >= 0")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
@@ -328,6 +348,9 @@ def validate(cfg: Config) -> Config:
         need(getattr(cfg.train, key) > 0, f"train.{key}", "must be > 0")
     need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
     need(all(c > 0 for c in cfg.data.crop_size), "data.crop_size", "must be positive")
+    need(all(c > 0 for c in cfg.data.scale), "data.scale", f"must be positive, got {list(cfg.data.scale)}")
+    need(cfg.data.eval_scale is None or all(c > 0 for c in cfg.data.eval_scale), "data.eval_scale",
+         "must be positive or null")
     need(0 < cfg.data.ratio_range[0] <= cfg.data.ratio_range[1], "data.ratio_range", "must be 0 < low <= high")
     # The largest image RandomResize can give has a short edge of min(scale) * max(ratio); a crop
     # larger than that is mostly padding, which is almost always a units mistake (H W vs W H).
@@ -364,6 +387,9 @@ def validate(cfg: Config) -> Config:
     if cfg.eval.mode == "slide":
         need(cfg.eval.crop_size is not None and cfg.eval.stride is not None, "eval.mode",
              "slide needs eval.crop_size and eval.stride")
+    for key in ("crop_size", "stride"):
+        size = getattr(cfg.eval, key)
+        need(size is None or all(c > 0 for c in size), f"eval.{key}", f"must be positive or null, got {size}")
     need(len(cfg.eval.scales) > 0 and all(s > 0 for s in cfg.eval.scales), "eval.scales", "must be positive")
     from .models import MODELS  # late import: the config stage must not need torch to parse
 
@@ -385,17 +411,62 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     """Read a YAML experiment file, apply overrides, and validate."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
+        raise UserError(f"config file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = load_yaml(read_text_file(path, "config file")) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        raise UserError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(tree, dict):
         raise UserError(f"config file {path} must hold a mapping at the top level")
     try:
         return config_from_dict(tree, overrides)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error.
+
+    Plain PyYAML keeps the last of two equal keys, so a second ``optim:`` block silently replaces the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); "
+                                "keep one", key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (a YAMLError naming the key and lines)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and where (line, column)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(err).splitlines()[0]
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; a file in another encoding or one that cannot be read is a one-line UserError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); "
+                        "save it as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def to_dict(cfg: Any) -> Any:

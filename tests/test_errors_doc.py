@@ -43,6 +43,16 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "errors.md"
 ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 ENV.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+#: A download's progress on stderr (``\rdownloading NAME: 40%``, then a newline): output, not part of the error.
+DOWNLOAD_PROGRESS = re.compile(r"^downloading \S+: \d+%$")
+
+
+def message_lines(stderr: str) -> list[str]:
+    """stderr's lines without a download's progress (its ``\r`` updates and the newline that ends them)."""
+    lines = stderr.splitlines()
+    if any(DOWNLOAD_PROGRESS.match(line) for line in lines):
+        lines = [line for line in lines if line and not DOWNLOAD_PROGRESS.match(line)]
+    return lines
 
 
 def doc_rows(text: str | None = None) -> dict[str, str]:
@@ -68,12 +78,13 @@ class Cmd:
     argv: list[str]  # after `python -m segdistill.cli`
     fragment: str | None  # must be in stderr (and, when ``in_doc``, in the document's row)
     code: int = 2
-    lines: int = 1  # lines on stderr
+    lines: int = 1  # lines on stderr (besides a download's progress)
     in_doc: bool = True
     env: dict[str, str] = field(default_factory=dict)
-    stop: signal.Signals | None = None  # sent once ``wait_for`` exists
-    wait_for: Path | None = None
-    group: bool = False  # send ``stop`` to the whole process group (as a terminal or SLURM does)
+    wait_for: Path | None = None  # a file the run writes: then ``during`` is done to it
+    during: Callable[[subprocess.Popen], None] | None = None  # e.g. send a signal, move the run folder
+    group: bool = False  # the command gets its own process group (as a terminal job or a SLURM step)
+    background: list[str] | None = None  # another command that runs first until ``wait_for`` exists
     check: Callable[[], None] | None = None  # more to check once the command has run
 
 
@@ -95,8 +106,8 @@ class Lab:
         """A private copy of the good dataset, to break."""
         return Path(shutil.copytree(self.data, self.path(name)))
 
-    def tree(self, data: Path | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
-        tree = tiny_config_tree(data or self.data)
+    def tree(self, root: Path | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
+        tree = tiny_config_tree(root or self.data)
         tree["train"].update(eval_interval=100, checkpoint_interval=100, eval_teacher=False)
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(tree.get(key), dict):
@@ -118,14 +129,14 @@ class Lab:
                                                      "checkpoint": str(checkpoint or self.teacher)},
                                             distill={"losses": [loss]}))
 
-    def train(self, name: str) -> list[str]:
-        """``train CONFIG --work-dir DIR`` on the good dataset."""
-        return ["train", self.config(name), "--work-dir", str(self.path("run"))]
+    def train(self, cfg: str, *extra: str) -> list[str]:
+        """``train CONFIG EXTRA... --work-dir DIR`` in a fresh run folder (never the default runs/<name>)."""
+        return ["train", cfg, *extra, "--work-dir", str(self.path("run"))]
 
     def finished_run(self, name: str, **train_options: Any) -> tuple[str, Path]:
         cfg = self.config(name, self.tree(train=train_options))
         run = self.path("run")
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # the autouse fixture sets 2 again for the next test
         train(config_from_dict(yaml.safe_load(Path(cfg).read_text())), run)
         return cfg, run
 
@@ -134,12 +145,27 @@ def _png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
+# ---- command line -------------------------------------------------------------------------------------
+
+
+def _usage(lab: Lab) -> list[Cmd]:
+    return [Cmd(["train"], "segdistill train: error: the following arguments are required: config; "
+                           "see segdistill train --help"),
+            Cmd(lab.train(lab.config("c"), "--no-such-option"), "unrecognized arguments: --no-such-option",
+                in_doc=False),
+            Cmd(["trian"], "invalid choice: 'trian'", in_doc=False)]
+
+
 # ---- data ---------------------------------------------------------------------------------------------
 
 
+def _cityscapes_tree(lab: Lab, root: Path) -> dict[str, Any]:
+    return lab.tree(data={"kind": "cityscapes", "root": str(root)})
+
+
 def _root_missing(lab: Lab) -> list[Cmd]:
-    tree = lab.tree(data={"kind": "cityscapes", "root": str(lab.root / "no_such_cityscapes")})
-    return [Cmd(["train", lab.config("cs", tree)],
+    cfg = lab.config("cs", _cityscapes_tree(lab, lab.root / "no_such_cityscapes"))
+    return [Cmd(lab.train(cfg),
                 "does not exist or is not a folder; expected ROOT/leftImg8bit/<split>/<city>/*_leftImg8bit.png")]
 
 
@@ -148,15 +174,15 @@ def _wrong_layout(lab: Lab) -> list[Cmd]:
     (cs / "leftImg8bit" / "train").mkdir(parents=True)
     folder = lab.dataset("nomasks")
     shutil.rmtree(folder / "masks")
-    return [Cmd(["train", lab.config("cs", lab.tree(data={"kind": "cityscapes", "root": str(cs)}))],
+    return [Cmd(lab.train(lab.config("cs", _cityscapes_tree(lab, cs))),
                 "has no gtFine/ folder; expected ROOT/leftImg8bit/"),
-            Cmd(["train", lab.config("f", lab.tree(folder))], "has no masks/ folder; expected ROOT/images/")]
+            Cmd(lab.train(lab.config("f", lab.tree(folder))), "has no masks/ folder; expected ROOT/images/")]
 
 
 def _split_missing(lab: Lab) -> list[Cmd]:
     camvid = lab.path("camvid")
     camvid.mkdir()
-    return [Cmd(["train", lab.config("cv", lab.tree(data={"kind": "camvid", "root": str(camvid)}))],
+    return [Cmd(lab.train(lab.config("cv", lab.tree(data={"kind": "camvid", "root": str(camvid)}))),
                 "split 'train' not found")]
 
 
@@ -168,57 +194,33 @@ def _labels_not_prepared(lab: Lab) -> list[Cmd]:
         _png(cs / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png",
              np.zeros((64, 96, 3), np.uint8))
         (cs / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_polygons.json").write_text("{}")
-    return [Cmd(["train", lab.config("cs", lab.tree(data={"kind": "cityscapes", "root": str(cs)}))],
-                "segdistill prepare cityscapes")]
+    return [Cmd(lab.train(lab.config("cs", _cityscapes_tree(lab, cs))), "segdistill prepare cityscapes")]
 
 
-def _image_without_label(lab: Lab) -> list[Cmd]:
+def _broken(lab: Lab, fragment: str, breaks: Callable[[Path], None]) -> list[Cmd]:
+    """The good dataset with one thing broken by ``breaks(root)``."""
     d = lab.dataset("d")
-    (d / "masks" / "train" / "f000.png").unlink()
-    return [Cmd(["train", lab.config("f", lab.tree(d))], "add it or remove the image")]
+    breaks(d)
+    return [Cmd(lab.train(lab.config("f", lab.tree(d))), fragment)]
 
 
-def _label_without_image(lab: Lab) -> list[Cmd]:
-    d = lab.dataset("d")
-    (d / "images" / "train" / "f001.png").unlink()
-    return [Cmd(["train", lab.config("f", lab.tree(d))],
-                "has no image with the same name; add the image or remove the label")]
-
-
-def _label_values(lab: Lab) -> list[Cmd]:
-    d = lab.dataset("d")
+def _label_value_7(d: Path) -> None:
     mask = np.array(Image.open(d / "masks" / "train" / "f002.png"))
     mask[10, 10] = 7
     _png(d / "masks" / "train" / "f002.png", mask)
-    return [Cmd(["train", lab.config("f", lab.tree(d)), "--work-dir", str(lab.path("run"))],
-                "has values 7 outside [0, 3) and not 255 (ignore); fix the label file or the dataset's class list")]
 
 
-def _sizes(lab: Lab) -> list[Cmd]:
-    d = lab.dataset("d")
-    _png(d / "masks" / "train" / "f003.png", np.zeros((60, 96), np.uint8))
-    return [Cmd(["train", lab.config("f", lab.tree(d)), "--work-dir", str(lab.path("run"))],
-                "is 96x60 but its image f003.png is 96x64 (WxH); they must be the same size")]
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
 
 
-def _truncated(lab: Lab) -> list[Cmd]:
-    d = lab.dataset("d")
-    image = d / "images" / "train" / "f004.png"
-    image.write_bytes(image.read_bytes()[:200])
-    return [Cmd(["train", lab.config("f", lab.tree(d)), "--work-dir", str(lab.path("run"))],
-                "is unreadable or truncated (OpenCV cannot decode it); re-copy or re-export the file")]
-
-
-def _unknown_colour(lab: Lab) -> list[Cmd]:
-    d = lab.dataset("d")
+def _rgb_masks_with_black(d: Path) -> None:
     colours = np.array([[128, 64, 128], [220, 220, 0], [0, 0, 142]], np.uint8)
     for mask in (d / "masks" / "train").glob("*.png"):
         index = np.array(Image.open(mask))
         rgb = np.zeros((*index.shape, 3), np.uint8)  # the ignored border stays black: a colour of no class
         rgb[index != 255] = colours[index[index != 255]]
         _png(mask, rgb)
-    return [Cmd(["train", lab.config("f", lab.tree(d)), "--work-dir", str(lab.path("run"))],
-                "that are not in the class file")]
 
 
 def _no_cityscapesscripts(lab: Lab) -> list[Cmd]:
@@ -227,6 +229,7 @@ def _no_cityscapesscripts(lab: Lab) -> list[Cmd]:
     (shadow / "__init__.py").write_text(
         "raise ModuleNotFoundError(\"No module named 'cityscapesscripts'\", name='cityscapesscripts')\n")
     cs = lab.path("cs")
+    (cs / "leftImg8bit" / "train" / "aachen").mkdir(parents=True)
     (cs / "gtFine" / "train" / "aachen").mkdir(parents=True)
     (cs / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_polygons.json").write_text("{}")
     return [Cmd(["prepare", "cityscapes", str(cs), "--no-progress"], 'pip install "segdistill[cityscapes]"',
@@ -238,46 +241,50 @@ def _no_cityscapesscripts(lab: Lab) -> list[Cmd]:
 
 def _override(fragment: str, *overrides: str) -> Callable[[Lab], list[Cmd]]:
     def make(lab: Lab) -> list[Cmd]:
-        return [Cmd([*lab.train("c"), *overrides], fragment)]
+        return [Cmd(lab.train(lab.config("c"), *overrides), fragment)]
     return make
 
 
 def _tau_and_lr(lab: Lab) -> list[Cmd]:
-    return [Cmd(["train", lab.distill("d", tau=0.0)], "config key 'distill.losses.0.tau': must be > 0, got 0.0"),
-            Cmd([*lab.train("c"), "optim.lr=0"], "config key 'optim.lr': must be > 0, got 0.0")]
+    return [Cmd(lab.train(lab.distill("d", tau=0.0)), "config key 'distill.losses.0.tau': must be > 0, got 0.0"),
+            Cmd(lab.train(lab.config("c"), "optim.lr=0"), "config key 'optim.lr': must be > 0, got 0.0")]
 
 
 def _no_teacher(lab: Lab) -> list[Cmd]:
     tree = lab.tree(distill={"losses": [{"name": "cwd_logits"}]})
-    return [Cmd(["train", lab.config("c", tree)], "config key 'distill.losses': distillation losses need a teacher")]
+    return [Cmd(lab.train(lab.config("c", tree)), "config key 'distill.losses': distillation losses need a teacher")]
 
 
 # ---- teacher and distillation -------------------------------------------------------------------------
 
 
-def _teacher_missing(lab: Lab) -> list[Cmd]:
-    return [Cmd(["train", lab.distill("d", checkpoint=lab.root / "teacher_missing.pth")],
-                "does not exist; check the path (or give an http(s) URL)")]
+def _teacher(fragment: str, make_checkpoint: Callable[[Lab], Path | str]) -> Callable[[Lab], list[Cmd]]:
+    def make(lab: Lab) -> list[Cmd]:
+        return [Cmd(lab.train(lab.distill("d", checkpoint=make_checkpoint(lab))), fragment)]
+    return make
 
 
-def _teacher_unreadable(lab: Lab) -> list[Cmd]:
+def _cut_teacher(lab: Lab) -> Path:
     bad = lab.path("bad.pth")
     bad.write_bytes(lab.teacher.read_bytes()[:1000])
-    return [Cmd(["train", lab.distill("d", checkpoint=bad)], "it may be truncated: re-download or re-save it")]
+    return bad
 
 
-def _teacher_misfit(lab: Lab) -> list[Cmd]:
-    r18 = save_checkpoint(lab.path("r18.pth"), build_segmentor("pspnet_r18-d8-tiny", 3).state_dict())
-    return [Cmd(["train", lab.distill("d", checkpoint=r18)], "does not fit the model")]
+class _Payload:
+    """Unpickling this runs ``exec``: a checkpoint that names code."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return exec, ("raise SystemExit('the checkpoint ran code')",)
 
 
-def _teacher_classes(lab: Lab) -> list[Cmd]:
-    seven = save_checkpoint(lab.path("t7.pth"), build_segmentor("pspnet_r50-d8-tiny", 7).state_dict())
-    return [Cmd(["train", lab.distill("d", checkpoint=seven)], "predicts 7 classes but the dataset (folder at")]
+def _evil_teacher(lab: Lab) -> Path:
+    path = lab.path("evil.pth")
+    torch.save({"state_dict": torch.load(lab.teacher, weights_only=True)["state_dict"], "x": _Payload()}, path)
+    return path
 
 
-class _Server(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:  # quiet
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
         pass
 
 
@@ -286,31 +293,61 @@ def _download(lab: Lab) -> list[Cmd]:
     served = lab.path("www")
     served.mkdir()
     (served / "teacher-deadbeef.pth").write_bytes(b"not the released file")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Server, directory=str(served)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/teacher-deadbeef.pth"
     cache = {"SEGDISTILL_CACHE": str(lab.path("cache"))}
-    return [Cmd(["train", lab.distill("d", checkpoint="http://127.0.0.1:1/teacher.pth")],
+    return [Cmd(lab.train(lab.distill("d", checkpoint="http://127.0.0.1:1/teacher.pth")),
                 "; check the URL or pass a local file instead", env=cache),
-            Cmd(["train", lab.distill("d", checkpoint=url)], "is corrupt: sha256", env=cache)]
+            Cmd(lab.train(lab.distill("d", checkpoint=url)), "is corrupt: sha256", env=cache)]
 
 
-def _tap_missing(lab: Lab) -> list[Cmd]:
-    cfg = lab.distill("d", name="cwd_feat", student="decode_head.bottleneck", teacher="decode_head.bottelneck")
-    return [Cmd(["train", cfg], "has no module named 'decode_head.bottelneck' to tap; nearest: decode_head.bottleneck")]
+def _term(fragment: str, **term: Any) -> Callable[[Lab], list[Cmd]]:
+    def make(lab: Lab) -> list[Cmd]:
+        return [Cmd(lab.train(lab.distill("d", name="cwd_feat", **term)), fragment)]
+    return make
 
 
-def _channels(lab: Lab) -> list[Cmd]:
-    cfg = lab.distill("d", name="cwd_feat", student="decode_head.bottleneck", teacher="decode_head.bottleneck")
-    return [Cmd(["train", cfg], "has 32 channels, teacher decode_head.bottleneck has 128; "
-                                "set connector: convbn for this term")]
+# ---- predict, export, info ----------------------------------------------------------------------------
 
 
-def _map_sizes(lab: Lab) -> list[Cmd]:
-    # backbone.layer1 is stride 4, the teacher's bottleneck stride 8: caught at the first step.
-    cfg = lab.distill("d", name="cwd_feat", student="backbone.layer1", teacher="decode_head.bottleneck",
-                      connector="convbn")
-    return [Cmd(["train", cfg, "--work-dir", str(lab.path("run"))], "differ in spatial size")]
+def _headless(lab: Lab) -> list[Cmd]:
+    """A checkpoint with no meta and no classifier, and a config whose dataset does not exist."""
+    sd = {k: v for k, v in build_segmentor("pspnet_r18-d8-tiny", 3).state_dict().items()
+          if not k.startswith("decode_head.conv_seg")}
+    ckpt = save_checkpoint(lab.path("headless.pth"), sd)
+    cfg = lab.config("c", lab.tree(lab.root / "no_such_data"))
+    return [Cmd(["export", cfg, "--checkpoint", str(ckpt), "--out", str(lab.path("out.pth"))],
+                "; pass --num-classes N")]
+
+
+def _no_names(lab: Lab) -> list[Cmd]:
+    ckpt = save_checkpoint(lab.path("bare.pth"), build_segmentor("pspnet_r18-d8-tiny", 5).state_dict())
+    cfg = lab.config("c", lab.tree(lab.root / "no_such_data"))
+    return [Cmd(["export", cfg, "--checkpoint", str(ckpt), "--out", str(lab.path("out.pth"))],
+                "records no class names and the config's dataset", code=0)]
+
+
+def _predict(lab: Lab, data: Path, out: Path, *source: str) -> list[str]:
+    """``predict`` with a 3-class student on a private copy ``data`` of the dataset (a bug must not write
+    into the dataset the other commands read)."""
+    ckpt = save_checkpoint(lab.path("student.pth"), build_segmentor("pspnet_r18-d8-tiny", 3).state_dict())
+    return ["predict", lab.config("c", lab.tree(data)), "--checkpoint", str(ckpt), "--out", str(out),
+            "--no-progress", *(source or ("--input", str(data / "images" / "val")))]
+
+
+def _out_in_data(lab: Lab) -> list[Cmd]:
+    a, b = lab.dataset("d"), lab.dataset("d")
+    return [Cmd(_predict(lab, a, a / "images" / "val" / "preds"), "is inside the input or dataset folder"),
+            Cmd(_predict(lab, b, b / "masks" / "val", "--split", "val"), "is inside the input or dataset folder")]
+
+
+def _out_exists(lab: Lab) -> list[Cmd]:
+    out = lab.path("preds")
+    out.mkdir()
+    (out / "f000_pred.png").write_bytes(b"a prediction from before")
+    return [Cmd(_predict(lab, lab.dataset("d"), out),
+                "; pass --overwrite to replace them, or choose another --out folder")]
 
 
 # ---- runs ---------------------------------------------------------------------------------------------
@@ -319,8 +356,7 @@ def _map_sizes(lab: Lab) -> list[Cmd]:
 def _unwritable(lab: Lab) -> list[Cmd]:
     blocker = lab.path("file")
     blocker.write_text("not a folder")
-    return [Cmd(["train", lab.config("c"), "--work-dir", str(blocker / "run")],
-                "cannot write to the run folder")]
+    return [Cmd(["train", lab.config("c"), "--work-dir", str(blocker / "run")], "cannot write to the run folder")]
 
 
 def _no_resume(lab: Lab) -> list[Cmd]:
@@ -332,8 +368,57 @@ def _no_resume(lab: Lab) -> list[Cmd]:
 
 
 def _finished(lab: Lab) -> list[Cmd]:
+    cfg, run = lab.finished_run("c", iters=4)
+    return [Cmd(["train", cfg, "--work-dir", str(run)],
+                "is already at iteration 4 of 4; to train longer, raise train.iters and pass --accept-config-change")]
+
+
+def _long_run(lab: Lab, **train_options: Any) -> tuple[str, Path]:
+    """A config of 500 iterations with a checkpoint at each, and its run folder (not yet started)."""
+    tree = lab.tree(train={"iters": 500, "checkpoint_interval": 1, **train_options})
+    return lab.config("long", tree), lab.path("run")
+
+
+def _locked(lab: Lab) -> list[Cmd]:
+    cfg, run = _long_run(lab)
+    return [Cmd(["train", cfg, "--work-dir", str(run)], "is in use by another segdistill train (pid",
+                background=["train", cfg, "--work-dir", str(run)], wait_for=run / "checkpoints" / "iter_0000001.pth")]
+
+
+def _stale_temp(lab: Lab) -> list[Cmd]:
+    run = lab.path("run")
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / ".iter_0000002.a1b2c3d4.tmp.pth").write_bytes(b"half a checkpoint")
+    cfg = lab.config("c", lab.tree(train={"iters": 1}))
+
+    def check() -> None:
+        assert not (run / "checkpoints" / ".iter_0000002.a1b2c3d4.tmp.pth").exists()
+
+    return [Cmd(["train", cfg, "--work-dir", str(run)], None, code=0, lines=0, check=check)]
+
+
+def _moved(lab: Lab) -> list[Cmd]:
+    cfg, run = _long_run(lab)
+    return [Cmd(["train", cfg, "--work-dir", str(run)], "was deleted or moved during the run (noticed at iteration",
+                wait_for=run / "checkpoints" / "iter_0000001.pth", during=lambda _: run.rename(run.with_name("moved")))]
+
+
+def _changed(lab: Lab) -> list[Cmd]:
     cfg, run = lab.finished_run("c", iters=2)
-    return [Cmd(["train", cfg, "--work-dir", str(run)], "is already at iteration 2 of 2")]
+    return [Cmd(["train", cfg, "--work-dir", str(run), "train.iters=4", "optim.lr=0.01"],
+                "; that is no longer the same run: resume with the original values, pass --accept-config-change")]
+
+
+def _misfit_resume(lab: Lab) -> list[Cmd]:
+    cfg, run = lab.finished_run("c", iters=2)
+    return [Cmd(["train", cfg, "--work-dir", str(run), "train.iters=4", "student.model=pspnet_r50-d8-tiny",
+                 "--accept-config-change"], "; resume with the config it was trained with, or use a new --work-dir")]
+
+
+def _weights_only(lab: Lab) -> list[Cmd]:
+    cfg, run = lab.finished_run("c", iters=2)
+    return [Cmd(["train", cfg, "--work-dir", str(lab.path("run")), "--resume", str(run / "final.pth")],
+                "is not a segdistill training checkpoint")]
 
 
 def _all_ignored(lab: Lab) -> Path:
@@ -344,33 +429,47 @@ def _all_ignored(lab: Lab) -> Path:
     return d
 
 
+def _events(run: Path, kind: str, count: int) -> Callable[[], None]:
+    def check() -> None:
+        text = (run / "metrics.jsonl").read_text()
+        assert text.count(f'"kind": "{kind}"') == count, text
+    return check
+
+
 def _nonfinite_skipped(lab: Lab) -> list[Cmd]:
     run = lab.path("run")
     tree = lab.tree(_all_ignored(lab), student={"avg_non_ignore": True}, train={"iters": 2})
-
-    def check() -> None:
-        text = (run / "metrics.jsonl").read_text()
-        assert text.count('"kind": "nonfinite"') == 2, text
-
-    return [Cmd(["train", lab.config("c", tree), "--work-dir", str(run)], None, code=0, lines=0, check=check)]
+    return [Cmd(["train", lab.config("c", tree), "--work-dir", str(run)], None, code=0, lines=0,
+                check=_events(run, "nonfinite", 2))]
 
 
 def _nonfinite_stop(lab: Lab) -> list[Cmd]:
-    tree = lab.tree(_all_ignored(lab), student={"avg_non_ignore": True},
-                    train={"iters": 5, "max_nonfinite_steps": 2})
-    return [Cmd(["train", lab.config("c", tree), "--work-dir", str(lab.path("run"))],
-                "non-finite losses in a row at iteration 2; the last good checkpoint is in")]
+    tree = lab.tree(_all_ignored(lab), student={"avg_non_ignore": True}, train={"iters": 5, "max_nonfinite_steps": 2})
+    return [Cmd(lab.train(lab.config("c", tree)),
+                "no good checkpoint was saved; lower optim.lr (or check the data) and start again")]
+
+
+def _checkpoint_skipped(lab: Lab) -> list[Cmd]:
+    run = lab.path("run")
+    tree = lab.tree(_all_ignored(lab), student={"avg_non_ignore": True}, train={"iters": 2, "checkpoint_interval": 1})
+    return [Cmd(["train", lab.config("c", tree), "--work-dir", str(run)], None, code=0, lines=0,
+                check=_events(run, "checkpoint_skipped", 2))]
+
+
+def _exploded(lab: Lab) -> list[Cmd]:
+    return [Cmd(lab.train(lab.config("c"), "optim.lr=1e30", "train.iters=3", "train.max_nonfinite_steps=100"),
+                "so final.pth was not written")]
 
 
 def _stopped(sig: signal.Signals, group: bool = False) -> Callable[[Lab], list[Cmd]]:
     def make(lab: Lab) -> list[Cmd]:
-        run = lab.path("run")
-        tree = lab.tree(train={"iters": 500, "checkpoint_interval": 1})
+        cfg, run = _long_run(lab)
         extra = ["data.workers=2", "data.persistent_workers=true"] if group else []
-        return [Cmd(["train", lab.config("c", tree), "--work-dir", str(run), *extra],
+        send = (lambda p: os.killpg(p.pid, sig)) if group else (lambda p: p.send_signal(sig))
+        return [Cmd(["train", cfg, "--work-dir", str(run), *extra],
                     f"segdistill train: stopped by signal {sig.name} at iteration", code=128 + sig,
-                    in_doc=sig == signal.SIGTERM and not group, stop=sig, group=group,
-                    wait_for=run / "checkpoints" / "iter_0000001.pth")]
+                    in_doc=sig == signal.SIGTERM and not group, wait_for=run / "checkpoints" / "iter_0000001.pth",
+                    during=send, group=group)]
     return make
 
 
@@ -385,26 +484,31 @@ def _corrupt_newest(lab: Lab) -> list[Cmd]:
     return [Cmd(["train", cfg, "--work-dir", str(run)], "; trying the previous one", code=0)]
 
 
-def _usage(lab: Lab) -> list[Cmd]:
-    return [Cmd(["train"], "segdistill train: error: the following arguments are required: config; "
-                           "see segdistill train --help"),
-            Cmd(["train", lab.config("c"), "--no-such-option"], "unrecognized arguments: --no-such-option",
-                in_doc=False)]
-
-
 #: docs/errors.md row -> the commands that show it.
 CASES: dict[str, Callable[[Lab], list[Cmd]]] = {
+    "a mistake on the command line (a missing argument, an unknown option or subcommand)": _usage,
+    # data
     "dataset root missing": _root_missing,
     "wrong layout": _wrong_layout,
     "split missing": _split_missing,
     "labels not prepared": _labels_not_prepared,
-    "image without its label": _image_without_label,
-    "label without its image": _label_without_image,
-    "label values outside the classes": _label_values,
-    "image and label of different sizes": _sizes,
-    "unreadable or truncated image": _truncated,
-    "unknown colour in an RGB mask": _unknown_colour,
+    "image without its label": lambda lab: _broken(
+        lab, "add it or remove the image", lambda d: (d / "masks" / "train" / "f000.png").unlink()),
+    "label without its image": lambda lab: _broken(
+        lab, "has no image with the same name; add the image or remove the label",
+        lambda d: (d / "images" / "train" / "f001.png").unlink()),
+    "label values outside the classes": lambda lab: _broken(
+        lab, "has values 7 outside [0, 3) and not 255 (ignore); fix the label file or the dataset's class list",
+        _label_value_7),
+    "image and label of different sizes": lambda lab: _broken(
+        lab, "is 96x60 but its image f003.png is 96x64 (WxH); they must be the same size",
+        lambda d: _png(d / "masks" / "train" / "f003.png", np.zeros((60, 96), np.uint8))),
+    "unreadable or truncated image": lambda lab: _broken(
+        lab, "is unreadable or truncated (OpenCV cannot decode it); re-copy or re-export the file",
+        lambda d: _truncate(d / "images" / "train" / "f004.png")),
+    "unknown colour in an RGB mask": lambda lab: _broken(lab, "that are not in the class file", _rgb_masks_with_black),
     "Cityscapes preparation without cityscapesscripts": _no_cityscapesscripts,
+    # configs
     "unknown key": _override("unknown config key 'optim.lrr' (did you mean 'lr'?)", "optim.lrr=0.1"),
     "wrong type": _override("train.iters: expected an integer, got 'many'", "train.iters=many"),
     "value out of range": _tau_and_lr,
@@ -414,30 +518,61 @@ CASES: dict[str, Callable[[Lab], list[Cmd]]] = {
                                "student.model=pspnet_r34-d8"),
     "distillation without a teacher": _no_teacher,
     "malformed override": _override("override 'optim' is not of the form key.sub=value", "optim"),
-    "checkpoint missing": _teacher_missing,
-    "checkpoint unreadable": _teacher_unreadable,
+    # teacher and distillation
+    "checkpoint missing": _teacher("does not exist; check the path (or give an http(s) URL)",
+                                   lambda lab: lab.root / "teacher_missing.pth"),
+    "checkpoint unreadable": _teacher("it may be truncated: re-download or re-save it", _cut_teacher),
+    "checkpoint that names code other than tensors, plain Python data, numpy arrays and OpenMMLab objects "
+    "(nothing of it runs)": _teacher("needs builtins.exec to load, which segdistill does not run", _evil_teacher),
     "checkpoint does not fit the model (for a zoo model, it names what the weights are and what the model is)":
-        _teacher_misfit,
-    "teacher and dataset (student) with different classes": _teacher_classes,
+        _teacher("does not fit the model", lambda lab: save_checkpoint(
+            lab.path("r18.pth"), build_segmentor("pspnet_r18-d8-tiny", 3).state_dict())),
+    "teacher and dataset (student) with different classes": _teacher(
+        "predicts 7 classes but the dataset (folder at",
+        lambda lab: save_checkpoint(lab.path("t7.pth"), build_segmentor("pspnet_r50-d8-tiny", 7).state_dict())),
     "download failed or corrupt": _download,
-    "tapped module missing": _tap_missing,
-    "channel mismatch without a connector": _channels,
-    "student and teacher maps of different sizes": _map_sizes,
+    "tapped module missing": _term("has no module named 'decode_head.bottelneck' to tap; nearest: "
+                                   "decode_head.bottleneck", student="decode_head.bottleneck",
+                                   teacher="decode_head.bottelneck"),
+    "channel mismatch without a connector": _term(
+        "has 32 channels, teacher decode_head.bottleneck has 128; set connector: convbn for this term",
+        student="decode_head.bottleneck", teacher="decode_head.bottleneck"),
+    # backbone.layer1 is stride 4, the teacher's bottleneck stride 8: refused at the first step.
+    "student and teacher maps of different sizes": _term(
+        "differ in spatial size", student="backbone.layer1", teacher="decode_head.bottleneck", connector="convbn"),
+    # predict, export, info
+    "nothing says the number of classes": _headless,
+    "no class names anywhere": _no_names,
+    "`--out` inside an input folder or a dataset's root, image or label folders": _out_in_data,
+    "predictions already in `--out`": _out_exists,
+    # runs
     "output folder cannot be written": _unwritable,
     "`--no-resume` on a folder that holds a run": _no_resume,
     "`train.batch_size=1` with a PSP or ASPP head": _override(
         "the student's BatchNorm after its 1x1 pooling needs at least 2 samples per batch", "train.batch_size=1"),
     "resuming a finished run": _finished,
+    "a second `segdistill train` on a folder a live run holds (rank 0 holds an `fcntl.flock` on "
+    "`<run>/.segdistill.lock`; the kernel drops it when the process dies, SIGKILL included)": _locked,
+    "a checkpoint write killed half-way": _stale_temp,
+    "the run folder deleted or moved during the run": _moved,
+    "resuming with a config that changes the run (anything but `name`, `work_dir`, the log/eval/checkpoint "
+    "intervals, `train.device`, `train.dist_timeout_min`, `train.eval_teacher`, `train.max_nonfinite_steps`, "
+    "`data.workers`, `data.pin_memory`, `data.persistent_workers`)": _changed,
+    "resuming into a model the checkpoint does not fit": _misfit_resume,
+    "`--resume` with weights only (`final.pth`, `best.pth`, an export, an mmseg/mmrazor checkpoint)": _weights_only,
     "a non-finite loss": _nonfinite_skipped,
     "`train.max_nonfinite_steps` non-finite losses in a row": _nonfinite_stop,
+    "weights or optimizer state not finite, or the step before not finite, at a checkpoint": _checkpoint_skipped,
+    "weights not finite at the end of the run (e.g. `optim.lr=1e30` for fewer steps than `max_nonfinite_steps`)":
+        _exploded,
     "SIGTERM / SIGINT (preemption, Ctrl-C)": _signals,
     "SIGTERM / SIGINT to the whole process group (Ctrl-C in a terminal, `kill -TERM -PGID`, `scancel`)":
         _stopped(signal.SIGTERM, group=True),
     "newest checkpoint truncated or corrupt": _corrupt_newest,
-    "a mistake on the command line (a missing argument, an unknown option or subcommand)": _usage,
 }
 
-#: Rows whose behaviour needs torchrun's restarts or a SIGKILL: covered by these CLI-level tests.
+#: Rows that are not a one-line error and need more than one command line to show: torchrun's restarts,
+#: a SIGKILL, an mmengine-written file without mmengine. The named tests cover them.
 ELSEWHERE: dict[str, str] = {
     "a rank dies under `torchrun --max-restarts N`":
         "tests/test_distributed.py::test_torchrun_elastic_restart_resumes_from_the_last_checkpoint",
@@ -445,38 +580,62 @@ ELSEWHERE: dict[str, str] = {
         "tests/test_distributed.py::test_torchrun_elastic_restart_resumes_from_the_last_checkpoint",
     "SIGKILL, power loss":
         "tests/test_distributed.py::test_sigkill_mid_run_then_resume_ends_where_an_uninterrupted_run_ends",
+    "mmseg 1.x / mmrazor 1.x checkpoint written by mmengine's Runner (message hub, history buffers with numpy "
+    "arrays, `ConfigDict`), mmengine and mmcv not installed":
+        "tests/test_reliability.py::test_mmrazor_checkpoint_of_mmengines_runner_loads_without_mmengine",
 }
 
 
+def _wait(path: Path, proc: subprocess.Popen, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _run(cmd: Cmd) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "segdistill.cli", *cmd.argv]
+    """Run ``cmd`` as a user would; with ``during``/``background``, around a file the run writes."""
+    def argv(args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "segdistill.cli", *args]
+
     env = {**ENV, **cmd.env}
-    if cmd.stop is None:
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            start_new_session=cmd.group)
-    try:
+    background = None
+    if cmd.background is not None:
         assert cmd.wait_for is not None
-        deadline = time.monotonic() + 240
-        while not cmd.wait_for.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if proc.poll() is None:
-            os.killpg(proc.pid, cmd.stop) if cmd.group else proc.send_signal(cmd.stop)
-        _, err = proc.communicate(timeout=120)
+        background = subprocess.Popen(argv(cmd.background), env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, cwd=REPO)
+        _wait(cmd.wait_for, background)
+    try:
+        if cmd.during is None:
+            return subprocess.run(argv(cmd.argv), env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert cmd.wait_for is not None
+        proc = subprocess.Popen(argv(cmd.argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO, start_new_session=cmd.group)
+        try:
+            _wait(cmd.wait_for, proc)
+            if proc.poll() is None:
+                cmd.during(proc)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    return subprocess.CompletedProcess(argv, proc.returncode, "", err)
+        if background is not None:
+            background.kill()
+            background.wait()
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[Cmd, subprocess.CompletedProcess[str]]]]:
+def outcomes(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[Cmd, subprocess.CompletedProcess[str]]]]:
+    """Run the commands of every selected row, concurrently (``-k`` selects rows: only theirs run)."""
+    selected = {item.callspec.params["row"] for item in request.session.items
+                if getattr(item, "originalname", "") == "test_a_user_sees_one_line_and_the_documented_exit_code"}
     lab = Lab(tmp_path_factory.mktemp("errors"))
-    commands = {row: make(lab) for row, make in CASES.items()}
-    flat = [(row, cmd) for row, cmds in commands.items() for cmd in cmds]
+    flat = [(row, cmd) for row, make in CASES.items() if row in selected for cmd in make(lab)]
     with ThreadPoolExecutor(max_workers=6) as pool:
         done = list(pool.map(lambda rc: _run(rc[1]), flat))
-    out: dict[str, list[tuple[Cmd, subprocess.CompletedProcess[str]]]] = {row: [] for row in CASES}
+    out: dict[str, list[tuple[Cmd, subprocess.CompletedProcess[str]]]] = {row: [] for row in selected}
     for (row, cmd), result in zip(flat, done, strict=True):
         out[row].append((cmd, result))
     return out
@@ -501,6 +660,7 @@ def test_rows_covered_elsewhere_name_existing_cli_tests(row: str) -> None:
     assert "segdistill.cli" in (REPO / path).read_text()
 
 
+@pytest.mark.slow  # about 60 fresh processes that each import torch: 2 CPU-minutes
 @pytest.mark.parametrize("row", list(CASES))
 def test_a_user_sees_one_line_and_the_documented_exit_code(row: str, outcomes: dict) -> None:
     doc = doc_rows().get(row, "")
@@ -508,7 +668,7 @@ def test_a_user_sees_one_line_and_the_documented_exit_code(row: str, outcomes: d
         shown = f"{' '.join(cmd.argv[:2])} ... -> exit {out.returncode}, stderr:\n{out.stderr[-3000:]}"
         assert "Traceback" not in out.stderr, shown
         assert out.returncode == cmd.code, shown
-        assert len(out.stderr.splitlines()) == cmd.lines, shown
+        assert len(message_lines(out.stderr)) == cmd.lines, shown
         if cmd.fragment is not None:
             assert cmd.fragment in out.stderr, shown
             if cmd.in_doc:
@@ -517,11 +677,11 @@ def test_a_user_sees_one_line_and_the_documented_exit_code(row: str, outcomes: d
             cmd.check()
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="a UserError raised in a DataLoader worker (data.workers > 0, the configs' "
                                        "default) reaches the user as torch's 'Caught UserError in DataLoader worker "
                                        "process 0' with the worker's traceback: about 27 lines")
 def test_a_data_error_inside_a_loader_worker_is_one_line_too(tmp_path: Path) -> None:
-    lab = Lab(tmp_path)
-    (cmd,) = _label_values(lab)
+    (cmd,) = CASES["label values outside the classes"](Lab(tmp_path))
     out = _run(Cmd([*cmd.argv, "data.workers=2"], cmd.fragment))
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr

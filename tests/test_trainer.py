@@ -249,12 +249,34 @@ def test_an_elastic_restart_of_a_finished_run_is_done_not_an_error(
 
 
 def test_a_second_ctrl_c_stops_without_waiting_for_the_checkpoint() -> None:
-    with trainer_mod._StopSignal() as stop:
-        signal.raise_signal(signal.SIGINT)
-        assert stop.signum == signal.SIGINT  # the first asks for a checkpoint and a clean stop
-        with pytest.raises(KeyboardInterrupt):
+    # Independent of what the test process inherited (SIGINT is ignored under `&`, nohup, some CI runners):
+    # set Python's own handler for the test, and compare with it afterwards.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with trainer_mod._StopSignal() as stop:
             signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert stop.signum == signal.SIGINT  # the first asks for a checkpoint and a clean stop
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it_but_still_saves_on_sigterm() -> None:
+    inherited = {sig: signal.signal(sig, handler) for sig, handler in
+                 ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, signal.SIG_DFL))}
+    try:
+        with trainer_mod._StopSignal() as stop:
+            signal.raise_signal(signal.SIGINT)  # a background run: the terminal's Ctrl-C is not for it
+            assert stop.signum == 0
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        for sig, handler in inherited.items():
+            signal.signal(sig, handler)
 
 
 def test_a_crash_during_the_final_evaluation_resumes_and_finishes(

@@ -12,6 +12,7 @@ does not know) is a one-line :class:`~segdistill.errors.UserError` naming the fi
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import io
 import os
@@ -25,6 +26,7 @@ import torch
 import yaml
 from PIL import Image
 
+from ..config import load_yaml, read_text_file
 from ..constants import IGNORE_INDEX
 from ..errors import UserError
 from .cache import DecodedCache
@@ -98,6 +100,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except OSError as err:
         raise UserError(f"cannot read image {path}: {_first_line(err)}; "
                         "check that the file exists and is readable") from None
+    if data.size == 0:
+        raise UserError(f"image {path} is empty (0 bytes); re-copy or re-export the file")
     # libjpeg may hand back a grey-filled image for a cut-off JPEG with only a warning; the end
     # marker FFD9 cannot occur inside entropy-coded data, so its absence near the end is proof.
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
@@ -140,6 +144,8 @@ def read_label_array(path: str | os.PathLike) -> np.ndarray:
     except OSError as err:
         raise UserError(f"cannot read label {path}: {_first_line(err)}; "
                         "check that the file exists and is readable") from None
+    if data.size == 0:
+        raise UserError(f"label {path} is empty (0 bytes); re-copy or re-create the file")
     if _is_grey8_png(data):
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -298,6 +304,17 @@ class SegDataset:
         return self._map_indices(raw, path)
 
     def _map_indices(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        if raw.dtype.kind == "f":
+            # A float image (TIFF/PFM mode F): class ids must be whole numbers, never truncated silently.
+            fractional = raw[~np.isfinite(raw) | (raw != np.round(raw))]
+            if fractional.size:
+                raise UserError(f"label {path} is a floating-point image with non-integer values (e.g. "
+                                f"{float(fractional.flat[0])!r}); labels must hold integer class ids: save it as an "
+                                "8-bit index PNG (mode L or P)")
+            raw = raw.astype(np.int64)
+        elif raw.dtype.kind not in "biu":
+            raise UserError(f"label {path} holds {raw.dtype} values; labels must hold integer class ids: save it as "
+                            "an 8-bit index PNG (mode L or P)")
         if raw.dtype != np.uint8:
             if raw.size and (raw.min() < 0 or raw.max() > 255):
                 bad = np.unique(raw[(raw < 0) | (raw > 255)])
@@ -340,7 +357,14 @@ def _files_by_stem(folder: Path, extensions: Sequence[str], what: str) -> dict[s
     """Map relative stem (posix, no extension) -> file, for files under ``folder`` with these extensions."""
     found: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in extensions or not path.is_file() or path.name.startswith("."):
+        if path.suffix.lower() not in extensions or path.name.startswith("."):
+            continue
+        if not path.is_file():
+            # Named like a sample but not one: say so here rather than meet it mid-run (or lose its pair).
+            if path.is_symlink() and not path.exists():
+                raise UserError(f"{what} {path} is a broken link (to {os.readlink(path)}); fix or remove it")
+            if path.is_dir():
+                raise UserError(f"{what} {path} is a folder, not a file; rename or move it")
             continue
         stem = path.relative_to(folder).with_suffix("").as_posix()
         if stem in found:
@@ -438,10 +462,17 @@ class CamVidDataset(SegDataset):
         )  # fmt: skip
 
 
-def _pair_up(images: dict[str, Path], labels: dict[str, Path], label_dir: Path, label_ext: str) -> list[str]:
+def _pair_up(images: dict[str, Path], labels: dict[str, Path], label_dir: Path, label_ext: str,
+             accepted: Sequence[str] = (".png",)) -> list[str]:
     for name, path in images.items():
         if name not in labels:
-            raise UserError(f"image {path} has no label {label_dir / (name + label_ext)}; add it or remove the image")
+            expected = label_dir / (name + label_ext)
+            others = sorted(p.name for p in expected.parent.glob(glob.escape(Path(name).name) + ".*")
+                            if p.suffix.lower() not in accepted)
+            if others:
+                raise UserError(f"label {expected.parent / others[0]} of image {path} is a {Path(others[0]).suffix} "
+                                f"file; labels must be {', '.join(accepted)} (lossless): convert it")
+            raise UserError(f"image {path} has no label {expected}; add it or remove the image")
     for name, path in labels.items():
         if name not in images:
             raise UserError(f"label {path} has no image with the same name; add the image or remove the label")
@@ -483,7 +514,7 @@ def read_class_file(path: Path) -> tuple[list[str], list[tuple[int, int, int]], 
     colors: list[tuple[int, int, int]] = []
     ignore: tuple[int, int, int] | None = None
     if path.suffix == ".txt":
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(read_text_file(path, "class file").splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -499,7 +530,7 @@ def read_class_file(path: Path) -> tuple[list[str], list[tuple[int, int, int]], 
                 colors.append(rgb)
     else:
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = load_yaml(read_text_file(path, "class file"))
         except yaml.YAMLError as err:
             raise UserError(f"{path} is not valid YAML ({_first_line(err)}); fix its syntax") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list):
@@ -568,7 +599,7 @@ class FolderDataset(SegDataset):
         masks = _files_by_stem(mask_dir, MASK_EXTENSIONS, "mask")
         if not images:
             raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {img_dir}; expected {_FOLDER_LAYOUT}")
-        names = _pair_up(images, masks, mask_dir, ".png")
+        names = _pair_up(images, masks, mask_dir, ".png", MASK_EXTENSIONS)
         super().__init__(root_path, split, classes, palette, names, [images[n] for n in names],
                          [masks[n] for n in names])
         codes = np.array([(r << 16) | (g << 8) | b for r, g, b in self.palette], dtype=np.int32)

@@ -39,6 +39,24 @@ def loss_options(term: DistillTerm) -> dict[str, object]:
     return kwargs
 
 
+#: A loss class's argument -> the :class:`DistillTerm` field (config key) that sets it, where they differ.
+_ARG_TO_FIELD = {"loss_weight": "weight"}
+
+
+def config_key_message(message: str, index: int, term: DistillTerm) -> str:
+    """A loss's or connector's error in the words of the config: ``distill.losses.<index>.<field>``.
+
+    The loss classes name their own arguments (``'tau'``, ``loss_weight``); the user wrote
+    ``distill.losses.0.tau`` (``weight``), so the message says that key instead.
+    """
+    prefix = f"distill.losses.{index}"
+    for arg in (*loss_options(term), "lambda_mgd"):
+        field = _ARG_TO_FIELD.get(arg, arg)
+        message = message.replace(f"fix '{arg}' in the loss config", f"fix config key '{prefix}.{field}'")
+        message = message.replace(f": {arg} must", f": {prefix}.{field} must")
+    return f"distill term {term.name!r} ({prefix}): {message}"
+
+
 def align_maps(student: torch.Tensor, teacher: torch.Tensor, align: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring the two maps of a term to one spatial size as its ``align`` says (see ``DistillTerm.align``).
 
@@ -69,13 +87,17 @@ class DistillStudent(nn.Module):
         self.terms = list(terms)
         self.connectors = nn.ModuleDict()
         self.losses = nn.ModuleDict()
-        for term in self.terms:
-            self.losses[term.name] = build_loss(term.type, **loss_options(term))
-            if term.connector:
-                if tap_channels is None or term.name not in tap_channels:
-                    raise ValueError(f"connector of {term.name!r} needs its (student, teacher) channel counts")
-                s_ch, t_ch = tap_channels[term.name]
-                self.connectors[term.name] = build_connector(term.connector, s_ch, t_ch, lambda_mgd=term.lambda_mgd)
+        for i, term in enumerate(self.terms):
+            try:
+                self.losses[term.name] = build_loss(term.type, **loss_options(term))
+                if term.connector:
+                    if tap_channels is None or term.name not in tap_channels:
+                        raise ValueError(f"connector of {term.name!r} needs its (student, teacher) channel counts")
+                    s_ch, t_ch = tap_channels[term.name]
+                    self.connectors[term.name] = build_connector(term.connector, s_ch, t_ch,
+                                                                 lambda_mgd=term.lambda_mgd)
+            except UserError as e:
+                raise UserError(config_key_message(str(e), i, term)) from None
         self.student_taps = list(dict.fromkeys(t.student for t in self.terms))
         self._tap = Tap(student, self.student_taps, "student") if self.terms else None
 

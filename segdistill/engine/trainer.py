@@ -90,7 +90,14 @@ def build_train_set(cfg: Config, dataset: SegDataset) -> TrainSet:
 
 
 class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can save before leaving."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can save before leaving.
+
+    A SIGINT that the process inherited as ignored stays ignored: a run started in the background
+    (``cmd &`` in a non-interactive shell, ``nohup``, some CI runners) is meant to survive the terminal's
+    Ctrl-C, as Python itself does (it installs its KeyboardInterrupt handler only where SIGINT is not
+    ignored). SIGTERM is always turned into a checkpoint: it is how schedulers preempt. On leaving,
+    whatever was installed before is put back.
+    """
 
     def __init__(self) -> None:
         self.signum = 0
@@ -98,6 +105,8 @@ class _StopSignal:
 
     def __enter__(self) -> _StopSignal:
         for sig in (signal.SIGTERM, signal.SIGINT):
+            if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. a test runner thread): no handler
@@ -134,14 +143,16 @@ def train_loader(cfg: Config, train_set: TrainSet, env: DistEnv, start_iter: int
 
 
 def _ensure_writable(work_dir: Path) -> None:
-    try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        probe = work_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to the run folder {work_dir} ({e.strerror}); "
-                        "choose another with --work-dir") from None
+    """Refuse, before any work, a run folder (or its ``checkpoints/``) that cannot take files."""
+    for folder in (work_dir, checkpoint_dir(work_dir)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to the run folder {folder} ({e.strerror}); "
+                            "choose another with --work-dir") from None
 
 
 class _StepTimer(StepHooks):

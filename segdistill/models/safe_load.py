@@ -16,7 +16,8 @@ whatever the file names.
   protocol 2 itself uses (``_codecs.encode``, ``copyreg._reconstructor``).
 - **inert stand-ins**: any class or function of an OpenMMLab package (:data:`OPENMMLAB_PACKAGES`:
   mmengine, mmcv, mmseg, mmrazor, ...). It becomes a :class:`ForeignObject` subclass of the same name
-  that keeps the arguments and state the pickle hands it and runs none of the library's code. The
+  that keeps the arguments and state the pickle hands it and runs none of the library's code
+  (``builtins.getattr`` is allowed on these stand-ins only, and gives another stand-in). The
   library is never imported, even where it is installed. Nothing segdistill uses is read from these
   objects: it needs the tensors and the plain metadata (``meta["dataset_meta"]``) only.
 - **refused**: everything else, e.g. ``builtins.eval``, ``os.system``, a ``torch.nn.Module`` pickled
@@ -158,9 +159,24 @@ def _numpy_global(module: str, name: str) -> Any:
     return None
 
 
+def _stand_in_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` for pickles, on stand-ins only: an attribute of an OpenMMLab class is another stand-in.
+
+    mmengine's ``HistoryBuffer`` pickles its statistics methods as ``getattr(HistoryBuffer, "min")``
+    (seen in checkpoints written by mmengine 0.10.7, whose message hub holds such buffers). On anything
+    else (``getattr(os, "system")``) it refuses, calling nothing.
+    """
+    owner = obj if isinstance(obj, type) else type(obj)
+    if not issubclass(owner, ForeignObject) or not isinstance(name, str):
+        raise UntrustedGlobal("builtins", "getattr")
+    return _stand_in(owner.__module__, f"{owner.__qualname__}.{name}")
+
+
 def resolve_global(module: str, name: str) -> Any:
     """What the allowlist gives for the global ``module.name``; raises :class:`UntrustedGlobal` otherwise."""
     module = _PY2_MODULES.get(module, module)
+    if (module, name) == ("builtins", "getattr"):
+        return _stand_in_getattr
     if (module, name) in _TRUSTED:
         return _TRUSTED[(module, name)]
     if module.split(".", 1)[0] in OPENMMLAB_PACKAGES:
