@@ -196,7 +196,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs = predict(model.to(device), inputs, args.out, info.palette, device=device,
                       mode=cfg.eval.mode, crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, flip=cfg.eval.flip,
                       scales=cfg.eval.scales, eval_scale=cfg.data.eval_scale, opacity=args.opacity,
-                      progress=not args.no_progress, overwrite=args.overwrite)
+                      progress=not args.no_progress, overwrite=args.overwrite,
+                      # the config's dataset (images and labels) is never an output folder, even with --input
+                      protected=[cfg.data.root] if Path(cfg.data.root).is_dir() else [])
     print(f"wrote {len(outputs) // 2} predictions (index PNG + overlay) to {args.out}")
     return 0
 

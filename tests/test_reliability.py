@@ -278,6 +278,9 @@ def test_predict_never_writes_into_the_data_nor_over_existing_files(
                "is inside the input or dataset folder")
     _error(capsys, ["predict", str(cfg), *ckpt, "--input", str(data / "images" / "val"),
                     "--out", str(data / "images" / "val" / "preds")], "is inside the input or dataset folder")
+    # With --input, the config's dataset is protected too: predictions among the labels break later runs.
+    _error(capsys, ["predict", str(cfg), *ckpt, "--input", str(data / "images" / "val"),
+                    "--out", str(data / "masks" / "val")], "is inside the input or dataset folder")
     assert sorted((p, p.stat().st_mtime_ns) for p in data.rglob("*")) == before
 
     out = tmp_path / "pred"

@@ -143,7 +143,7 @@ def _protected_folders(inputs: PathLike | Sequence[PathLike] | ImageSource) -> l
 
 
 def _plan(inputs: PathLike | Sequence[PathLike] | ImageSource, out_dir: Path,
-          overwrite: bool = False) -> list[tuple[Path, Path]]:
+          overwrite: bool = False, protected: Sequence[PathLike] = ()) -> list[tuple[Path, Path]]:
     """``(image path, output stem path)`` per image.
 
     Checks that no input lives inside ``out_dir``, that ``out_dir`` is not inside an input or dataset
@@ -173,7 +173,7 @@ def _plan(inputs: PathLike | Sequence[PathLike] | ImageSource, out_dir: Path,
             raise UserError(f"inputs {seen[stem]} and {image} would both be written as {stem}_pred.png; "
                             "rename one of them or predict them separately")
         seen[stem] = image
-    for folder in _protected_folders(inputs):
+    for folder in [*_protected_folders(inputs), *(Path(p).resolve() for p in protected)]:
         if out_real.is_relative_to(folder):
             raise UserError(f"output folder {out_dir} is inside the input or dataset folder {folder}; choose an --out "
                             "folder outside the data, so no prediction is written among the images or labels")
@@ -207,6 +207,7 @@ def predict(
     opacity: float = 0.5,
     progress: bool = False,
     overwrite: bool = False,
+    protected: Sequence[PathLike] = (),
 ) -> list[Path]:
     """Segment every input image and write ``<stem>_pred.png`` and ``<stem>_overlay.jpg`` into ``out_dir``.
 
@@ -237,7 +238,7 @@ def predict(
                         "(value 255 is ignore_index)")
     colors = _check_palette(palette, model.num_classes)
     out_path = Path(out_dir)
-    plan = _plan(inputs, out_path, overwrite)
+    plan = _plan(inputs, out_path, overwrite, protected)
     device = torch.device(device)
     model.eval().to(device)
     written: list[Path] = []
