@@ -453,9 +453,9 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     """A YAML error on one line: the problem and where (line, column)."""
     problem = getattr(err, "problem", None)
     mark = getattr(err, "problem_mark", None)
-    if problem and mark is not None:
+    if problem and mark is not None and "(line" not in problem:
         return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return str(err).splitlines()[0]
+    return problem or str(err).splitlines()[0]
 
 
 def read_text_file(path: Path, what: str) -> str:

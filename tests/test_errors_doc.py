@@ -678,9 +678,6 @@ def test_a_user_sees_one_line_and_the_documented_exit_code(row: str, outcomes: d
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a UserError raised in a DataLoader worker (data.workers > 0, the configs' "
-                                       "default) reaches the user as torch's 'Caught UserError in DataLoader worker "
-                                       "process 0' with the worker's traceback: about 27 lines")
 def test_a_data_error_inside_a_loader_worker_is_one_line_too(tmp_path: Path) -> None:
     (cmd,) = CASES["label values outside the classes"](Lab(tmp_path))
     out = _run(Cmd([*cmd.argv, "data.workers=2"], cmd.fragment))

@@ -4,7 +4,8 @@
 mmengine's module names). This test uses the real library where it can run: mmengine's own
 ``save_checkpoint`` with its real ``MessageHub`` (``HistoryBuffer`` objects holding numpy arrays),
 ``ConfigDict`` and the keys ``Runner.save_checkpoint`` writes. The file is written in a child process that
-can import mmengine; segdistill reads it here, where mmengine cannot be imported.
+can import mmengine; segdistill reads it here, where mmengine cannot be imported, and exports the student,
+which mmengine's real ``load_checkpoint`` (what mmseg's ``init_model`` calls) then loads strictly.
 
 mmengine requires ``opencv-python``, which would replace the environment's ``opencv-python-headless``, so it
 is not a dev dependency. It runs from a separate folder, installed without dependencies::
@@ -108,3 +109,34 @@ def test_a_checkpoint_saved_by_the_real_mmengine_loads_without_it(tmp_path: Path
     exported = torch.load(out, weights_only=True)
     assert list(exported["meta"]["dataset_meta"]["classes"]) == ["road", "car", "sky"]
     assert all(torch.equal(exported["state_dict"][k], v) for k, v in student.state_dict().items())
+
+    # The export back through mmengine's own loader (what mmseg's init_model calls), strictly.
+    reader = textwrap.dedent(f"""
+        import torch
+        from mmengine.runner.checkpoint import load_checkpoint
+        from segdistill.models import build_segmentor
+        model = build_segmentor({STUDENT!r}, 3)
+        ckpt = load_checkpoint(model, {str(out)!r}, map_location="cpu", strict=True)
+        assert list(ckpt["meta"]["dataset_meta"]["classes"]) == ["road", "car", "sky"]
+        torch.save(model.state_dict(), {str(tmp_path / "reloaded.pth")!r})
+    """)
+    subprocess.run([sys.executable, "-c", reader], env=env, check=True, timeout=300)
+    reloaded = torch.load(tmp_path / "reloaded.pth", weights_only=True)
+    assert all(torch.equal(reloaded[k], v) for k, v in student.state_dict().items())
+
+
+class _GetattrOnATrustedClass:
+    """Pickles as ``getattr(pathlib.Path, "home")``: getattr on anything but an OpenMMLab stand-in."""
+
+    def __reduce__(self) -> tuple:
+        import pathlib
+
+        return getattr, (pathlib.Path, "home")
+
+
+def test_getattr_is_allowed_on_openmmlab_stand_ins_only(tmp_path: Path) -> None:
+    from segdistill.models.safe_load import UntrustedGlobal, load_untrusted
+
+    torch.save({"x": _GetattrOnATrustedClass()}, tmp_path / "g.pth")
+    with pytest.raises(UntrustedGlobal, match="builtins.getattr"):
+        load_untrusted(tmp_path / "g.pth")

@@ -268,7 +268,8 @@ def test_a_bug_is_not_hidden_as_a_one_line_error(tmp_path: Path, monkeypatch: py
 
 def test_worker_wrappers_are_undone_and_other_text_is_kept() -> None:
     wrapped = ("Caught UserError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
-               '  File "x.py", line 3, in f\n    raise UserError("a: b")\nsegdistill.errors.UserError: label x: bad; fix\n')
+               '  File "x.py", line 3, in f\n    raise UserError("a: b")\n'
+               "segdistill.errors.UserError: label x: bad; fix\n")
     assert str(UserError(wrapped)) == "label x: bad; fix"
     assert unwrap_worker_message("Caught nothing here") == "Caught nothing here"
     assert str(UserError("plain")) == "plain"
