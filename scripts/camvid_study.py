@@ -142,10 +142,16 @@ def write_results() -> dict:
     from segdistill.config import load_config, to_dict
     from segdistill.fileio import atomic_write_text
 
+    # Rows already in the JSON stay when their run folder is gone (the first study's folders did not
+    # survive): the JSON is the record, a run folder only refreshes its own row. A rerun that replaces a
+    # recorded row keeps the earlier result beside it (the teacher's reproduction check).
+    earlier = {row["run"]: row for row in json.loads(RESULTS.read_text())["runs"]} if RESULTS.is_file() else {}
     rows = []
     for run in study():
         res = _result(run)
         if res is None:
+            if run.run_id in earlier:
+                rows.append(earlier[run.run_id])
             continue
         cfg = load_config(run.folder / "config.yaml")
         rows.append({"run": run.run_id, "arm": run.arm, "seed": run.seed, "config_file": run.config,
@@ -154,6 +160,10 @@ def write_results() -> dict:
                      "final_aAcc": res["final"]["aAcc"],
                      "per_class_IoU": {k: v["IoU"] for k, v in res["final"]["per_class"].items()},
                      "wall_time_s": round(res["wall_time_s"], 1), "config": to_dict(cfg)})
+        before = earlier.get(run.run_id)
+        if before is not None and before.get("final_mIoU") != rows[-1]["final_mIoU"]:
+            rows[-1]["earlier_result"] = before.get("earlier_result") or {
+                "final_mIoU": before["final_mIoU"], "wall_time_s": before.get("wall_time_s")}
     doc = {"study": "CWD on CamVid, see docs/camvid.md", "split_for_training": "train (367)",
            "split_for_metrics": "val (101)", "checkpoint_reported": "final iteration (never the best)",
            "runs": rows}

@@ -180,3 +180,31 @@ def test_every_arm_config_loads_with_its_overrides(study) -> None:
     segformer = load_config(SCRIPT.parents[1] / study.ARMS["segformer_baseline"].config)
     assert segformer.optim.type == "adamw"
     assert [r.key for r in segformer.optim.paramwise] == ["pos_block", "norm", "head"]
+
+
+def test_write_results_keeps_recorded_rows_and_the_earlier_result_of_a_rerun(study, tmp_path, monkeypatch) -> None:
+    """The first study's run folders are gone: rewriting the JSON from the folders must not drop their rows,
+    and a rerun (the teacher's reproduction) keeps the earlier result beside its own."""
+    import json
+
+    from segdistill.config import dump_config, load_config
+
+    results = tmp_path / "camvid_study.json"
+    old = [{"run": "teacher", "arm": "teacher", "seed": 0, "final_mIoU": 45.5}, {"run": "baseline_s0",
+           "arm": "baseline", "seed": 0, "final_mIoU": 42.7}]
+    results.write_text(json.dumps({"runs": old}))
+    runs = tmp_path / "runs"
+    teacher = runs / "teacher"
+    teacher.mkdir(parents=True)
+    teacher_cfg = load_config(study.REPO / "configs/camvid/pspnet_r50-d8_teacher.yaml")
+    (teacher / "config.yaml").write_text(dump_config(teacher_cfg))
+    per_class = {"sky": {"IoU": 90.0}}
+    (teacher / "results.json").write_text(json.dumps({"iterations": 1600, "wall_time_s": 10.0, "final": {
+        "mIoU": 45.1, "mAcc": 50.0, "aAcc": 80.0, "per_class": per_class}}))
+    monkeypatch.setattr(study, "RESULTS", results)
+    monkeypatch.setattr(study, "RUNS", runs)
+    doc = study.write_results()
+    rows = {r["run"]: r for r in doc["runs"]}
+    assert rows["baseline_s0"] == old[1]  # no folder: the recorded row stays
+    assert rows["teacher"]["final_mIoU"] == 45.1 and rows["teacher"]["earlier_result"]["final_mIoU"] == 45.5
+    assert json.loads(results.read_text()) == doc

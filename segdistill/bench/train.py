@@ -251,6 +251,8 @@ def bench_train(cfg: Config, *, iters: int = 10, warmup: int = 2, synthetic: boo
     """
     if iters < 1 or warmup < 0:
         raise UserError(f"bench needs --iters >= 1 and --warmup >= 0, got {iters} and {warmup}")
+    # The benchmark times steps at whatever batch it is given; a recipe's global batch is not its concern.
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, global_batch=None))
     env = DistEnv(device=device or pick_device(cfg.train.device))
     n_classes = num_classes or num_classes_of(cfg)
     crop = (int(cfg.data.crop_size[0]), int(cfg.data.crop_size[1]))
