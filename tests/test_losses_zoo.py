@@ -343,13 +343,13 @@ def test_config_accepts_dist_and_mgd_terms(tmp_path: Path) -> None:
     ({**MGD_TERM, "lambda_mgd": 1.0}, "lambda_mgd': must be in \\[0, 1\\)"),
     ({**MGD_TERM, "lambda_mgd": -0.1}, "lambda_mgd': must be in \\[0, 1\\)"),
     ({**MGD_TERM, "alpha_mgd": 0.0}, "alpha_mgd': must be > 0"),
-    ({**MGD_TERM, "alpha_mgd": float("nan")}, "alpha_mgd': must be a finite number"),
+    ({**MGD_TERM, "alpha_mgd": float("nan")}, "losses.0.alpha_mgd: expected a finite number"),
     ({**MGD_TERM, "connector": None}, "type 'mgd' generates the teacher feature through 'connector: mgd'"),
     ({**MGD_TERM, "connector": "convbn"}, "through 'connector: mgd', got 'convbn'"),
     ({**DIST_TERM, "connector": "mgd"}, "'connector: mgd' belongs to terms of type 'mgd'"),
     ({**DIST_TERM, "inter_weight": -1.0}, "inter_weight': must be >= 0"),
-    ({**DIST_TERM, "intra_weight": float("inf")}, "intra_weight': must be a finite number"),
-    ({**DIST_TERM, "tau": float("inf")}, "tau': must be a finite number"),
+    ({**DIST_TERM, "intra_weight": float("inf")}, "losses.0.intra_weight: expected a finite number"),
+    ({**DIST_TERM, "tau": float("inf")}, "losses.0.tau: expected a finite number"),
     ({**MGD_TERM, "standardize": True}, "standardization applies to types cwd, kd and dist, not 'mgd'"),
 ])
 def test_config_rejects_bad_dist_and_mgd_options(tmp_path: Path, term: dict[str, Any], message: str) -> None:
