@@ -6,15 +6,20 @@ import functools
 import hashlib
 import http.server
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 
 from segdistill.errors import UserError
-from segdistill.models import (build_segmentor, load_backbone_checkpoint, load_checkpoint, read_checkpoint,
-                               save_checkpoint)
+from segdistill.models import (
+    build_segmentor,
+    load_backbone_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 def _model(num_classes: int = 5) -> torch.nn.Module:

@@ -38,7 +38,7 @@ def test_two_ranks_interleaved_equal_one_rank() -> None:
     single = take(InfiniteSampler(size, seed=0), n)
     r0 = take(InfiniteSampler(size, seed=0, rank=0, world_size=2), n // 2)
     r1 = take(InfiniteSampler(size, seed=0, rank=1, world_size=2), n // 2)
-    merged = [item for pair in zip(r0, r1) for item in pair]
+    merged = [item for pair in zip(r0, r1, strict=False) for item in pair]
     assert merged == single
 
 
@@ -87,7 +87,8 @@ def test_dataloader_batches_the_pairs() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(size=0, seed=0), dict(size=3, seed=0, rank=2, world_size=2), dict(size=3, seed=0, world_size=0), dict(size=3, seed=0, start=-1)],
+    [dict(size=0, seed=0), dict(size=3, seed=0, rank=2, world_size=2), dict(size=3, seed=0, world_size=0),
+     dict(size=3, seed=0, start=-1)],
 )
 def test_bad_arguments_are_user_errors(kwargs) -> None:
     with pytest.raises(UserError):

@@ -14,7 +14,8 @@ from segdistill.demo import ARMS, demo_configs
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_quick_demo_runs_every_stage_and_resumes_as_finished(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_demo_runs_every_stage_and_resumes_as_finished(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("cityscapesscripts")
     work = tmp_path / "demo"
     assert main(["demo", "--work-dir", str(work), "--quick"]) == 0

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from segdistill.distill.losses import (
     LOSSES,
@@ -37,7 +36,7 @@ def _np_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     """KL(softmax(p_logits) || softmax(q_logits)) with explicit loops, 0 log 0 = 0."""
     p, q = _np_softmax(p_logits), _np_softmax(q_logits)
     total = 0.0
-    for pi, qi in zip(p, q):
+    for pi, qi in zip(p, q, strict=False):
         if pi > 0:
             total += pi * (math.log(pi) - math.log(qi))
     return total

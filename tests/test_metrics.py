@@ -152,7 +152,7 @@ def test_matches_a_pixel_by_pixel_count_for_any_shape() -> None:
     cm = ConfusionMatrix(5)
     cm.update(pred, label)
     expected = torch.zeros(5, 5, dtype=torch.int64)
-    for g, p in zip(label.flatten().tolist(), pred.flatten().tolist()):
+    for g, p in zip(label.flatten().tolist(), pred.flatten().tolist(), strict=False):
         if g != 255:
             expected[g, p] += 1
     assert torch.equal(cm.matrix, expected)

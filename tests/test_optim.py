@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config_tree
 
 from segdistill.config import config_from_dict
 from segdistill.engine.distributed import DistEnv
 from segdistill.engine.run import build_run, lr_at
 from segdistill.engine.step import train_step
 from segdistill.errors import UserError
-
-from conftest import tiny_config_tree
 
 
 def _run(tmp_path: Path, **optim: object):  # noqa: ANN202

@@ -149,7 +149,7 @@ def test_normalize_image_matches_reference_preprocessing() -> None:
     rgb = np.array([[[0, 128, 255]]], dtype=np.uint8)
     x = normalize_image(rgb)
     assert x.shape == (1, 3, 1, 1)
-    want = [(v - m) / s for v, m, s in zip((0, 128, 255), MEAN_RGB, STD_RGB)]
+    want = [(v - m) / s for v, m, s in zip((0, 128, 255), MEAN_RGB, STD_RGB, strict=False)]
     torch.testing.assert_close(x.flatten(), torch.tensor(want), rtol=0, atol=1e-6)
 
 

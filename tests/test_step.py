@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_config_tree
 from torch import nn
 
 from segdistill import cli
@@ -21,8 +22,6 @@ from segdistill.engine.run import TrainingRun, build_run
 from segdistill.engine.step import train_step
 from segdistill.engine.trainer import train
 from segdistill.errors import UserError
-
-from conftest import tiny_config_tree
 
 
 def _cfg(tmp_path: Path, **train: Any) -> Config:

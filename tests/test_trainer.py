@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_config_tree
 
 from segdistill.config import Config, config_from_dict, load_config
 from segdistill.engine import run as run_mod
@@ -18,8 +19,6 @@ from segdistill.engine.schedule import poly_lr
 from segdistill.engine.trainer import TrainingStopped, train
 from segdistill.errors import UserError
 from segdistill.models import build_segmentor, load_checkpoint, save_checkpoint
-
-from conftest import tiny_config_tree
 
 
 def tiny_config(data_root: Path, **overrides: Any) -> Config:
@@ -236,7 +235,8 @@ def test_bad_teacher_checkpoints_are_one_line_errors(case: str, message: str, ti
 
 
 def test_an_elastic_restart_of_a_finished_run_is_done_not_an_error(
-        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tiny_config(tiny_dataset, **{"train.iters": 2, "train.eval_interval": 100})
     train(cfg, tmp_path / "run")
     with pytest.raises(UserError, match="already at iteration 2 of 2"):

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ def download(url: str, dest_dir: Path | None = None, progress: bool = True) -> P
     it, so a truncated or tampered file is never cached.
     """
     dest_dir = dest_dir or cache_dir()
-    name = Path(urllib.request.urlparse(url).path).name or "checkpoint.pth"
+    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint.pth"
     dest = dest_dir / name
     if dest.exists():
         return dest

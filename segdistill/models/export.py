@@ -68,7 +68,7 @@ def _plain(value: Any) -> Any:
         return None
     if isinstance(value, (list, tuple)):
         items = [_plain(v) for v in value]
-        return [v for v, raw in zip(items, value) if v is not None or raw is None]
+        return [v for v, raw in zip(items, value, strict=False) if v is not None or raw is None]
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
@@ -142,7 +142,8 @@ def export_student(
     if num_classes is not None and num_classes != found_classes:
         raise UserError(f"{source} predicts {found_classes} classes, not {num_classes}; "
                         "fix num_classes in the config or pick the matching checkpoint")
-    src_meta = raw.get("meta") if isinstance(raw.get("meta"), Mapping) else {}
+    raw_meta = raw.get("meta")
+    src_meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
     if model_name is None:
         # Our trainer records the student's name; otherwise the weights' keys and shapes decide.
         named = src_meta.get("model")
@@ -214,10 +215,10 @@ def _pooling_problems(model: nn.Module, example: torch.Tensor) -> list[tuple[tup
     bad: list[tuple[tuple[int, int], tuple[int, int]]] = []
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        size = module.output_size
+        size: Any = module.output_size
         out_hw = (size, size) if isinstance(size, int) else tuple(size)
         in_hw = tuple(inputs[0].shape[-2:])
-        if any(o is not None and i % o for i, o in zip(in_hw, out_hw)):
+        if any(o is not None and i % o for i, o in zip(in_hw, out_hw, strict=False)):
             bad.append((in_hw, out_hw))  # type: ignore[arg-type]
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
@@ -231,8 +232,8 @@ def _pooling_problems(model: nn.Module, example: torch.Tensor) -> list[tuple[tup
 
 
 def _legacy_size_hint(model: nn.Module, size: tuple[int, int]) -> str:
-    pools = [m.output_size for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
-    lcm = math.lcm(*[p if isinstance(p, int) else max(p) for p in pools]) if pools else 1
+    pools: list[Any] = [m.output_size for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    lcm = math.lcm(*[p if isinstance(p, int) else max(v for v in p if v is not None) for p in pools]) if pools else 1
     step = 8 * lcm  # stride-8 network: the pooled map is input / 8
     near = [max(step, round(s / step) * step) for s in size]
     return f"{near[0]} {near[1]} (multiples of {step})"
