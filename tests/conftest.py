@@ -79,3 +79,23 @@ def tiny_config_tree(data_root: Path) -> dict:
         "optim": {"lr": 0.02, "min_lr": 0.0},
         "train": {"iters": 6, "batch_size": 2, "log_interval": 1, "eval_interval": 3, "checkpoint_interval": 2},
     }
+
+
+def stop_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
+    """Deliver SIGTERM to this process while iteration ``iteration`` (0-based) of a training run runs.
+
+    The signal is raised when the step computes its learning rate, so the step finishes and the
+    trainer then saves a checkpoint and stops, as it does for a real SIGTERM.
+    """
+    import signal
+
+    from segdistill.engine import run as run_mod
+
+    real = run_mod.poly_lr
+
+    def lr_then_signal(it: int, *args: object) -> float:
+        if it == iteration:
+            signal.raise_signal(signal.SIGTERM)
+        return real(it, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run_mod, "poly_lr", lr_then_signal)

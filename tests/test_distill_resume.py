@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +21,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_config_tree
+from conftest import stop_at, tiny_config_tree
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from segdistill.config import Config, config_from_dict, dump_config
-from segdistill.engine import run as run_mod
 from segdistill.engine.checkpointing import iter_checkpoints
 from segdistill.engine.distributed import DistEnv
 from segdistill.engine.run import build_run
@@ -61,18 +59,6 @@ def _config(tree: dict[str, Any], **overrides: Any) -> Config:
     return config_from_dict(tree, [f"{k}={v}" for k, v in overrides.items()])
 
 
-def _stop_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
-    """Deliver SIGTERM to this process while iteration ``iteration`` (0-based) runs (lr is computed first)."""
-    real = run_mod.poly_lr
-
-    def lr_then_signal(it: int, *args: Any) -> float:
-        if it == iteration:
-            signal.raise_signal(signal.SIGTERM)
-        return real(it, *args)
-
-    monkeypatch.setattr(run_mod, "poly_lr", lr_then_signal)
-
-
 def _state(path: Path) -> dict[str, Any]:
     return torch.load(path, weights_only=False)
 
@@ -99,7 +85,7 @@ def test_sigterm_mid_distillation_then_resume_is_exact(tiny_dataset: Path, tmp_p
     train(cfg, tmp_path / "straight")
 
     with monkeypatch.context() as m:
-        _stop_at(m, 2)
+        stop_at(m, 2)
         with pytest.raises(TrainingStopped, match="SIGTERM at iteration 3"):
             train(cfg, tmp_path / "stopped")
     assert [p.name for p in iter_checkpoints(tmp_path / "stopped")] == ["iter_0000003.pth", "iter_0000002.pth"]

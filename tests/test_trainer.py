@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_config_tree
+from conftest import stop_at, tiny_config_tree
 
 from segdistill.config import Config, config_from_dict, load_config
-from segdistill.engine import run as run_mod
 from segdistill.engine import trainer as trainer_mod
 from segdistill.engine.checkpointing import iter_checkpoints
 from segdistill.engine.schedule import poly_lr
@@ -84,25 +83,13 @@ def test_a_run_writes_config_metrics_and_mmseg_checkpoints(tiny_dataset: Path, t
     assert set(results["final"]["per_class"]) == {"floor", "bright", "dark"}
 
 
-def _stop_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
-    """Deliver SIGTERM to this process while iteration ``iteration`` runs."""
-    real = run_mod.poly_lr
-
-    def lr_then_signal(it: int, *args: Any) -> float:
-        if it == iteration:
-            signal.raise_signal(signal.SIGTERM)
-        return real(it, *args)
-
-    monkeypatch.setattr(run_mod, "poly_lr", lr_then_signal)
-
-
 def test_sigterm_saves_and_the_resumed_run_ends_with_identical_weights(
         tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_config(tiny_dataset, **{"train.checkpoint_interval": 100, "train.eval_interval": 100})
     train(cfg, tmp_path / "straight")
 
     with monkeypatch.context() as m:
-        _stop_at(m, 2)
+        stop_at(m, 2)
         with pytest.raises(TrainingStopped, match="SIGTERM at iteration 3"):
             train(cfg, tmp_path / "stopped")
     assert [p.name for p in iter_checkpoints(tmp_path / "stopped")] == ["iter_0000003.pth"]
