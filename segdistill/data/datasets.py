@@ -11,12 +11,13 @@ does not know) is a one-line :class:`~segdistill.errors.UserError` naming the fi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import hashlib
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,35 +90,48 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def _read_bytes(path: Path, what: str, fix: str) -> np.ndarray:
+    """The bytes of ``path``; a one-line :class:`UserError` naming the ``what`` when unreadable or empty."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {_first_line(err)}; "
+                        "check that the file exists and is readable") from None
+    if data.size == 0:
+        raise UserError(f"{what} {path} is empty (0 bytes); {fix}")
+    return data
+
+
+@contextlib.contextmanager
+def _quiet_opencv(level: int) -> Iterator[None]:
+    """OpenCV's log level set to ``level`` for a decode: its own WARN lines would sit beside our one-line errors."""
+    before = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(level)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(before)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode ``path`` with OpenCV into an RGB ``uint8`` ``H x W x 3`` array (grey images get 3 channels).
 
     Raises :class:`UserError` naming the file when it cannot be read, is not an image or is truncated.
     """
     path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        raise UserError(f"cannot read image {path}: {_first_line(err)}; "
-                        "check that the file exists and is readable") from None
-    if data.size == 0:
-        raise UserError(f"image {path} is empty (0 bytes); re-copy or re-export the file")
+    data = _read_bytes(path, "image", "re-copy or re-export the file")
     # libjpeg may hand back a grey-filled image for a cut-off JPEG with only a warning; the end
     # marker FFD9 cannot occur inside entropy-coded data, so its absence near the end is proof.
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         raise UserError(f"image {path} is truncated (JPEG without its end marker); re-copy or re-export the file")
     # OpenCV prints its own WARN line for a damaged file; our one-line error below replaces it.
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    try:
+    with _quiet_opencv(cv2.utils.logging.LOG_LEVEL_ERROR):
         if _IMREAD_RGB is not None:
             # Straight to RGB: the same pixels as IMREAD_COLOR + BGR2RGB (tested), without the extra pass.
             rgb = cv2.imdecode(data, _IMREAD_RGB)
         else:
             bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
             rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
     if rgb is None:
         raise UserError(f"image {path} is unreadable or truncated (OpenCV cannot decode it); "
                         "re-copy or re-export the file")
@@ -139,20 +153,10 @@ def read_label_array(path: str | os.PathLike) -> np.ndarray:
     (a damaged file, say) goes to Pillow, which decodes it or raises the error.
     """
     path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        raise UserError(f"cannot read label {path}: {_first_line(err)}; "
-                        "check that the file exists and is readable") from None
-    if data.size == 0:
-        raise UserError(f"label {path} is empty (0 bytes); re-copy or re-create the file")
+    data = _read_bytes(path, "label", "re-copy or re-create the file")
     if _is_grey8_png(data):
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-        try:
+        with _quiet_opencv(cv2.utils.logging.LOG_LEVEL_SILENT):
             array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        finally:
-            cv2.utils.logging.setLogLevel(level)
         if array is not None and array.ndim == 2 and array.dtype == np.uint8:
             return array
     try:
