@@ -37,6 +37,7 @@ from PIL import Image
 
 from ..config import Config
 from ..data import SegDataset, build_dataset, build_decoded_cache
+from ..data.datasets import png_decoder
 from ..engine.distributed import DistEnv
 from ..engine.trainer import build_train_set, train_loader
 from ..errors import UserError
@@ -183,7 +184,8 @@ def _describe(dataset: SegDataset) -> str:
             shapes.add(f"{im.size[1]}x{im.size[0]}")
     suffixes = sorted({dataset.image_path(i).suffix for i in range(len(dataset))})
     return (f"{type(dataset).__name__} {dataset.split or ''} at {dataset.root}, {len(dataset)} images "
-            f"({'/'.join(suffixes)}, {', '.join(sorted(shapes))} HxW, {np.mean(sizes) / 1e6:.2f} MB on average)")
+            f"({'/'.join(suffixes)}, {', '.join(sorted(shapes))} HxW, {np.mean(sizes) / 1e6:.2f} MB on average); "
+            f"PNG decoder: {png_decoder()}")
 
 
 def bench_data(cfg: Config, workers: int | None = None, samples: int = 60, images: int = 24,
