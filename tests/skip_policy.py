@@ -24,7 +24,8 @@ import pytest
 SHARED_SKIP = "only the developers' machines have ../shared"
 
 #: Top-level modules of the optional extras (pyproject.toml's [export], [cityscapes], [plot], [tb], [fastpng]).
-EXTRA_MODULES = frozenset({"onnx", "onnxruntime", "onnxscript", "cityscapesscripts", "matplotlib", "tensorboard", "pyspng"})
+EXTRA_MODULES = frozenset({"onnx", "onnxruntime", "onnxscript", "cityscapesscripts", "matplotlib", "tensorboard",
+                           "pyspng"})
 
 # pytest.importorskip's reason: "could not import 'onnxruntime': No module named 'onnxruntime'".
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")

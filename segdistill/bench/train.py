@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config, config_from_dict, to_dict
 from ..data import IGNORE_INDEX, build_dataset
@@ -48,6 +47,7 @@ from ..engine.run import TrainingRun, build_run
 from ..engine.step import STEP_REGIONS, StepHooks, to_device, train_step
 from ..engine.trainer import build_train_set, train_loader
 from ..errors import UserError
+from .flops import flop_counter
 from .timing import PeakMemory, median, now, sync
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -107,17 +107,18 @@ def _repeat(batch: Batch) -> Iterator[Batch]:
 
 
 def count_step_flops(run: TrainingRun, batch: Batch) -> dict[str, int]:
-    """FLOPs of one step by ``torch.utils.flop_counter.FlopCounterMode``: the teacher's forward, and the
+    """FLOPs of one step by torch's ``FlopCounterMode`` (:func:`.flops.flop_counter`: grouped convolutions'
+    backward counted right): the teacher's forward, and the
     student's forward + backward (distillation terms included); the optimizer's elementwise work is not
     counted. A compiled teacher is counted on its eager path (``force_eager``), which does the same math.
     """
     teacher_flops = 0
     if run.distills:
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()
         with torch.compiler.set_stance("force_eager"), counter:
             run.teacher(*batch)  # type: ignore[misc]
         teacher_flops = counter.get_total_flops()
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with torch.compiler.set_stance("force_eager"), counter:
         train_step(run, _repeat(batch), 0)
     student_flops = counter.get_total_flops() - teacher_flops * run.cfg.train.accumulate
