@@ -161,9 +161,18 @@ def write_results() -> dict:
                      "per_class_IoU": {k: v["IoU"] for k, v in res["final"]["per_class"].items()},
                      "wall_time_s": round(res["wall_time_s"], 1), "config": to_dict(cfg)})
         before = earlier.get(run.run_id)
+        if cfg.teacher is not None and run.arm != "teacher":
+            # Which teacher this run distilled from, by its result: the study's teacher was trained twice.
+            same = before is not None and before.get("final_mIoU") == rows[-1]["final_mIoU"]
+            rows[-1]["teacher_mIoU"] = before.get("teacher_mIoU") if same and before else None
+            teacher_result = Path(cfg.teacher.checkpoint or "").parent / "results.json"
+            if rows[-1]["teacher_mIoU"] is None and teacher_result.is_file():
+                rows[-1]["teacher_mIoU"] = json.loads(teacher_result.read_text())["final"]["mIoU"]
         if before is not None and before.get("final_mIoU") != rows[-1]["final_mIoU"]:
             rows[-1]["earlier_result"] = before.get("earlier_result") or {
                 "final_mIoU": before["final_mIoU"], "wall_time_s": before.get("wall_time_s")}
+        elif before is not None and "earlier_result" in before:  # rewritten again: the earlier result stays
+            rows[-1]["earlier_result"] = before["earlier_result"]
     doc = {"study": "CWD on CamVid, see docs/camvid.md", "split_for_training": "train (367)",
            "split_for_metrics": "val (101)", "checkpoint_reported": "final iteration (never the best)",
            "runs": rows}
@@ -340,15 +349,19 @@ def method_differences(groups: dict[str, list[dict]]) -> list[Paired]:
 def report_tables(rows: list[dict]) -> str:
     """The study's markdown tables from its results rows (the ``runs`` of camvid_study.json)."""
     groups = group_rows(rows)
-    lines = ["| student | arm | seeds | val mIoU (final iteration), mean ± std | per seed | minutes per run |",
-             "| --- | --- | ---: | ---: | --- | ---: |"]
+    lines = ["| student | arm | seeds | val mIoU (final iteration), mean ± std | per seed | minutes per run | "
+             "teacher's mIoU |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
     for name, arm in ARMS.items():
         rs = groups.get(name, [])
         per_seed = ", ".join(f"s{r['seed']}: {r['final_mIoU']:.2f}" for r in rs) or "queued"
+        if name == "teacher" and rs and "earlier_result" in rs[0]:
+            per_seed += f" (first run: {rs[0]['earlier_result']['final_mIoU']:.2f})"
         minutes = f"{statistics.mean(r['wall_time_s'] for r in rs) / 60:.0f}" if rs else "-"
         student = "(teacher)" if name == "teacher" else NETWORKS.get(arm.student, arm.student)
+        teachers = sorted({f"{r['teacher_mIoU']:.2f}" for r in rs if r.get("teacher_mIoU") is not None})
         lines.append(f"| {student} | {arm.label} | {len(rs)} | {_mean_std([r['final_mIoU'] for r in rs])} | "
-                     f"{per_seed} | {minutes} |")
+                     f"{per_seed} | {minutes} | {', '.join(teachers) or '-'} |")
     paired = gains(groups)
     if paired:
         lines += ["", "Paired gain over the same student alone (a seed fixes the initial weights and the data order, "

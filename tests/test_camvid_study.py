@@ -104,12 +104,25 @@ def test_one_seed_in_common_is_listed_only_for_a_variant_of_the_same_config(stud
     assert diffs[0].cells().startswith("s0 | -1.00 | -1.00 | - | - |")
 
 
-def test_report_tables_keep_the_existing_results(study) -> None:
-    doc = json.loads((SCRIPT.parents[1] / "docs" / "results" / "camvid_study.json").read_text())
-    table = study.report_tables(doc["runs"])
-    assert "| PSPNet-R18-D8 | PSPNet-R18-D8 alone | 3 | 42.15 ± 0.60 |" in table
+def test_report_tables_give_the_first_studys_statistics_and_each_runs_teacher(study) -> None:
+    # The first study's six PSPNet-R18-D8 runs (docs/camvid.md), distilled from the first teacher (45.51).
+    first = {"baseline": (42.69507141052708, 42.252393017581205, 41.503861246535806),
+             "cwd_logits": (44.26130903907868, 45.21842160593309, 44.77534185752345)}
+    rows = [_row(arm, seed, m) for arm, values in first.items() for seed, m in enumerate(values)]
+    for row in rows:
+        row.update(wall_time_s=60.0, per_class_IoU={"sky": 90.0})
+        if row["arm"] == "cwd_logits":
+            row["teacher_mIoU"] = 45.50676537304948
+    rows[-1]["teacher_mIoU"] = 45.91232388975834  # one seed rerun on the second teacher
+    rows.append({**_row("teacher", 0, 45.91232388975834), "wall_time_s": 60.0, "per_class_IoU": {"sky": 91.0},
+                 "earlier_result": {"final_mIoU": 45.50676537304948}})
+    table = study.report_tables(rows)
+    assert ("| PSPNet-R18-D8 | PSPNet-R18-D8 alone | 3 | 42.15 ± 0.60 | s0: 42.70, s1: 42.25, s2: 41.50 | 1 | - |"
+            in table)
     assert "| s0, s1, s2 | +1.57, +2.97, +3.27 | +2.60 ± 0.91 | 4.96 | 0.019 | gain shown" in table
-    assert "| SegFormer-B0 | SegFormer-B0 alone | 0 | - | queued | - |" in table
+    assert "| 44.75 ± 0.48 | s0: 44.26, s1: 45.22, s2: 44.78 | 1 | 45.51, 45.91 |" in table  # both teachers named
+    assert "| (teacher) | PSPNet-R50-D8 teacher | 1 | 45.91 | s0: 45.91 (first run: 45.51) | 1 | - |" in table
+    assert "| SegFormer-B0 | SegFormer-B0 alone | 0 | - | queued | - | - |" in table
 
 
 def test_deploy_table_fills_what_is_finished_and_leaves_the_rest_empty(study) -> None:
@@ -185,8 +198,6 @@ def test_every_arm_config_loads_with_its_overrides(study) -> None:
 def test_write_results_keeps_recorded_rows_and_the_earlier_result_of_a_rerun(study, tmp_path, monkeypatch) -> None:
     """The first study's run folders are gone: rewriting the JSON from the folders must not drop their rows,
     and a rerun (the teacher's reproduction) keeps the earlier result beside its own."""
-    import json
-
     from segdistill.config import dump_config, load_config
 
     results = tmp_path / "camvid_study.json"
@@ -208,3 +219,15 @@ def test_write_results_keeps_recorded_rows_and_the_earlier_result_of_a_rerun(stu
     assert rows["baseline_s0"] == old[1]  # no folder: the recorded row stays
     assert rows["teacher"]["final_mIoU"] == 45.1 and rows["teacher"]["earlier_result"]["final_mIoU"] == 45.5
     assert json.loads(results.read_text()) == doc
+    # Written again (after every run, and by `report`): the earlier result must survive (it once did not).
+    again = {r["run"]: r for r in study.write_results()["runs"]}
+    assert again["teacher"]["earlier_result"]["final_mIoU"] == 45.5
+    # A distilled run records the result of the teacher it distilled from (the one beside its checkpoint).
+    cwd = runs / "cwd_logits_s0"
+    cwd.mkdir()
+    cwd_cfg = load_config(study.REPO / "configs/camvid/cwd_logits.yaml", [f"teacher.checkpoint={teacher}/final.pth"])
+    (cwd / "config.yaml").write_text(dump_config(cwd_cfg))
+    (cwd / "results.json").write_text(json.dumps({"iterations": 1600, "wall_time_s": 10.0, "final": {
+        "mIoU": 44.0, "mAcc": 50.0, "aAcc": 80.0, "per_class": per_class}}))
+    rows = {r["run"]: r for r in study.write_results()["runs"]}
+    assert rows["cwd_logits_s0"]["teacher_mIoU"] == 45.1 and "teacher_mIoU" not in rows["teacher"]
