@@ -232,3 +232,21 @@ def test_write_results_keeps_recorded_rows_and_the_earlier_result_of_a_rerun(stu
         "mIoU": 44.0, "mAcc": 50.0, "aAcc": 80.0, "per_class": per_class}}))
     rows = {r["run"]: r for r in study.write_results()["runs"]}
     assert rows["cwd_logits_s0"]["teacher_mIoU"] == 45.1 and "teacher_mIoU" not in rows["teacher"]
+
+
+def test_figures_are_not_redrawn_without_the_runs_whose_folders_are_gone(study, tmp_path, monkeypatch) -> None:
+    """The first study's run folders are gone: redrawing its curves from the teacher alone, or its prediction
+    grid from one model, replaced the committed figures once. A figure is drawn only from all of its runs."""
+    pytest.importorskip("matplotlib")
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    for run_id in ("teacher", "segformer_baseline_s0"):
+        (runs / run_id).mkdir(parents=True)
+        rows = [{"kind": "train", "iter": i, "loss_decode": 1.0 / i} for i in (20, 40)]
+        rows += [{"kind": "eval", "iter": 40, "mIoU": 40.0}]
+        (runs / run_id / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(study, "RUNS", runs)
+    monkeypatch.setattr(study, "FIGURES", figures)
+    study._figures({"teacher", "baseline_s0", "cwd_logits_s0", "segformer_baseline_s0"})
+    assert not (figures / "camvid_curves.png").exists()  # baseline_s0 and cwd_logits_s0 have no metrics here
+    assert not (figures / "camvid_predictions.png").exists()
+    assert (figures / "camvid_curves_segformer_mit-b0.png").is_file()  # all of its runs are here
