@@ -22,6 +22,10 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 # Run folders hold GBs of checkpoints; SEGDISTILL_STUDY_RUNS can put them outside the work tree.
@@ -612,6 +616,56 @@ def _figures(finished: set[str]) -> None:
         cv2.imwrite(str(tmp), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
 
 
+def confusion_counts(label: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``num_classes x num_classes`` pixel counts, ground truth (rows) x prediction; label 255 is left out."""
+    import numpy as np
+
+    keep = label != 255
+    flat = label[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def cmd_confusion(args: argparse.Namespace) -> int:
+    """For each run's final model: what it predicts on the val pixels of each chosen ground-truth class."""
+    import numpy as np
+    import torch
+
+    from segdistill.data import build_dataset, build_eval_pipeline
+    from segdistill.models import build_segmentor, load_checkpoint
+
+    ds = build_dataset("camvid", "../shared/data/camvid", "val")
+    unknown = [c for c in args.classes if c not in ds.classes]
+    if unknown:
+        print(f"unknown class(es) {', '.join(unknown)}; CamVid's are {', '.join(ds.classes)}", file=sys.stderr)
+        return 2
+    by_id = {r.run_id: r for r in study()}
+    runs = [by_id[name] for name in args.runs if name in by_id and (by_id[name].folder / "final.pth").is_file()]
+    if len(runs) != len(args.runs):
+        print(f"no final.pth for {sorted(set(args.runs) - {r.run_id for r in runs})} under {RUNS}", file=sys.stderr)
+        return 2
+    pipeline = build_eval_pipeline((240, 180))
+    n = ds.num_classes
+    for run in runs:
+        model = build_segmentor(ARMS[run.arm].student, n)
+        load_checkpoint(model, run.folder / "final.pth")
+        model.eval()
+        counts = np.zeros((n, n), np.int64)  # ground truth x prediction, ignored pixels left out
+        for i in range(len(ds)):
+            image, label = ds.load(i)
+            x, _ = pipeline(image, label, np.random.default_rng(0))
+            with torch.no_grad():
+                pred = model.inference(x[None], out_size=label.shape).argmax(1)[0].numpy()
+            counts += confusion_counts(label, pred, n)
+        for name in args.classes:
+            c = ds.classes.index(name)
+            total = counts[c].sum()
+            top = np.argsort(-counts[c])[:4]
+            parts = ", ".join(f"{ds.classes[k]} {100 * counts[c, k] / total:.1f} %" for k in top if counts[c, k])
+            predicted = counts[:, c].sum()
+            print(f"{run.run_id}: {name} ({total} px) -> {parts}; predicted as {name} anywhere: {predicted} px")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -629,6 +683,10 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.set_defaults(func=cmd_latency)
+    p = sub.add_parser("confusion", help="where each run's final model puts the val pixels of some classes")
+    p.add_argument("--runs", nargs="+", required=True, help="run ids (see `status`)")
+    p.add_argument("--classes", nargs="+", default=["pedestrian", "bicyclist"])
+    p.set_defaults(func=cmd_confusion)
     args = parser.parse_args()
     from segdistill.engine.trainer import TrainingStopped
 
