@@ -309,6 +309,8 @@ class Paired:
         if test is None:
             return "1 seed pair: no test, not ranked"
         _, p = test
+        if not self.two_sided and 1.0 - p < alpha:  # the one-sided test of the other direction, H1: gain < 0
+            return f"loss shown (one-sided p < {alpha:g} for H1: gain < 0)"
         if p >= alpha:
             return f"not shown with {self.n} seeds"
         if not self.two_sided:
@@ -376,7 +378,7 @@ def report_tables(rows: list[dict]) -> str:
     if paired:
         lines += ["", "Paired gain over the same student alone (a seed fixes the initial weights and the data order, "
                   "so each distilled run is paired with the student-alone run of its seed); one-sided paired t-test, "
-                  "H1: gain > 0:", "",
+                  "H1: gain > 0 (p in the table), and the other side, H1: gain < 0 (p' = 1 - p), for a loss:", "",
                   "| student | arm | vs | seeds | paired gains | mean ± std | t | one-sided p | verdict |",
                   "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
         for g in paired:

@@ -69,6 +69,20 @@ def test_gains_are_paired_by_seed_not_by_position(study) -> None:
     assert gain.cells().startswith("s0, s2 | +1.50, +3.00 | +2.25 ± 1.06 |")
 
 
+def test_a_consistent_loss_is_reported_as_a_loss_not_as_no_evidence(study) -> None:
+    # SegFormer-B0's paired CWD gains on CamVid: -4.70, -5.22, -5.57 (docs/camvid.md).
+    base = [_row("segformer_baseline", s, m) for s, m in ((0, 44.95), (1, 45.23), (2, 46.67))]
+    cwd = [_row("segformer_cwd_logits", s, m) for s, m in ((0, 40.25), (1, 40.01), (2, 41.10))]
+    (gain,) = study.gains(study.group_rows(base + cwd))
+    t, p = gain.test
+    assert t < -20 and p > 0.99
+    assert gain.verdict() == "loss shown (one-sided p < 0.05 for H1: gain < 0)"
+    # Mixed signs: neither direction is shown.
+    mixed = [_row("segformer_cwd_logits", s, m) for s, m in ((0, 45.5), (1, 44.0), (2, 47.0))]
+    (gain,) = study.gains(study.group_rows(base + mixed))
+    assert gain.verdict() == "not shown with 3 seeds"
+
+
 def test_method_differences_are_two_sided_and_never_rank_without_support(study) -> None:
     base = [_row("baseline", s, 40.0 + s) for s in (0, 1, 2)]
     cwd = [_row("cwd_logits", s, 43.0 + s + d) for s, d in ((0, 0.1), (1, -0.4), (2, 0.3))]
