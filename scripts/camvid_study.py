@@ -22,10 +22,6 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 # Run folders hold GBs of checkpoints; SEGDISTILL_STUDY_RUNS can put them outside the work tree.
@@ -170,18 +166,18 @@ def write_results() -> dict:
                      "final_aAcc": res["final"]["aAcc"],
                      "per_class_IoU": {k: v["IoU"] for k, v in res["final"]["per_class"].items()},
                      "wall_time_s": round(res["wall_time_s"], 1), "config": to_dict(cfg)})
-        before = earlier.get(run.run_id)
+        before = earlier.get(run.run_id) or {}
+        same = before.get("final_mIoU") == rows[-1]["final_mIoU"]  # this very run, recorded before
         if cfg.teacher is not None and run.arm != "teacher":
             # Which teacher this run distilled from, by its result: the study's teacher was trained twice.
-            same = before is not None and before.get("final_mIoU") == rows[-1]["final_mIoU"]
-            rows[-1]["teacher_mIoU"] = before.get("teacher_mIoU") if same and before else None
+            rows[-1]["teacher_mIoU"] = before.get("teacher_mIoU") if same else None
             teacher_result = Path(cfg.teacher.checkpoint or "").parent / "results.json"
             if rows[-1]["teacher_mIoU"] is None and teacher_result.is_file():
                 rows[-1]["teacher_mIoU"] = json.loads(teacher_result.read_text())["final"]["mIoU"]
-        if before is not None and before.get("final_mIoU") != rows[-1]["final_mIoU"]:
+        if before and not same:
             rows[-1]["earlier_result"] = before.get("earlier_result") or {
                 "final_mIoU": before["final_mIoU"], "wall_time_s": before.get("wall_time_s")}
-        elif before is not None and "earlier_result" in before:  # rewritten again: the earlier result stays
+        elif "earlier_result" in before:  # rewritten again: the earlier result stays
             rows[-1]["earlier_result"] = before["earlier_result"]
     doc = {"study": "CWD on CamVid, see docs/camvid.md", "split_for_training": "train (367)",
            "split_for_metrics": "val (101)", "checkpoint_reported": "final iteration (never the best)",
@@ -618,21 +614,13 @@ def _figures(finished: set[str]) -> None:
         cv2.imwrite(str(tmp), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
 
 
-def confusion_counts(label: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """``num_classes x num_classes`` pixel counts, ground truth (rows) x prediction; label 255 is left out."""
-    import numpy as np
-
-    keep = label != 255
-    flat = label[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
 def cmd_confusion(args: argparse.Namespace) -> int:
     """For each run's final model: what it predicts on the val pixels of each chosen ground-truth class."""
     import numpy as np
     import torch
 
     from segdistill.data import build_dataset, build_eval_pipeline
+    from segdistill.evaluation.metrics import ConfusionMatrix
     from segdistill.models import build_segmentor, load_checkpoint
 
     ds = build_dataset("camvid", "../shared/data/camvid", "val")
@@ -651,13 +639,13 @@ def cmd_confusion(args: argparse.Namespace) -> int:
         model = build_segmentor(ARMS[run.arm].student, n)
         load_checkpoint(model, run.folder / "final.pth")
         model.eval()
-        counts = np.zeros((n, n), np.int64)  # ground truth x prediction, ignored pixels left out
+        cm = ConfusionMatrix(n)  # ground truth (rows) x prediction, ignored pixels left out
         for i in range(len(ds)):
             image, label = ds.load(i)
             x, _ = pipeline(image, label, np.random.default_rng(0))
             with torch.no_grad():
-                pred = model.inference(x[None], out_size=label.shape).argmax(1)[0].numpy()
-            counts += confusion_counts(label, pred, n)
+                cm.update(model.inference(x[None], out_size=label.shape).argmax(1)[0], torch.from_numpy(label))
+        counts = cm.matrix.numpy()
         for name in args.classes:
             c = ds.classes.index(name)
             total = counts[c].sum()

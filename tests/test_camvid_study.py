@@ -264,18 +264,3 @@ def test_figures_are_not_redrawn_without_the_runs_whose_folders_are_gone(study, 
     assert not (figures / "camvid_curves.png").exists()  # baseline_s0 and cwd_logits_s0 have no metrics here
     assert not (figures / "camvid_predictions.png").exists()
     assert (figures / "camvid_curves_segformer_mit-b0.png").is_file()  # all of its runs are here
-
-
-def test_confusion_counts_rows_are_ground_truth_and_ignore_is_left_out(study) -> None:
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    label = rng.integers(0, 4, (9, 7)).astype(np.uint8)
-    label[0] = 255
-    pred = rng.integers(0, 4, (9, 7))
-    counts = study.confusion_counts(label, pred, 4)
-    expected = np.zeros((4, 4), np.int64)
-    for t, p in zip(label.ravel(), pred.ravel(), strict=True):
-        if t != 255:
-            expected[t, p] += 1
-    assert np.array_equal(counts, expected) and counts.sum() == 8 * 7

@@ -144,13 +144,14 @@ def _png_intact(data: bytes) -> bool:
 
 
 def _decode_png_fast(data: bytes, colour_type: int) -> np.ndarray | None:
-    """libspng's decode of an intact 8-bit, non-interlaced PNG of ``colour_type`` (0 grey, 2 RGB), else None.
+    """libspng's decode of ``data``, an 8-bit, non-interlaced PNG of ``colour_type`` (0 grey, 2 RGB) as
+    :func:`_png_header` says (the caller checks), else None.
 
     PNG is lossless, so every correct decoder gives the same pixels (tested against OpenCV on every PNG
-    flavour). Anything else (no pyspng, another format, a damaged file, a decoder error) returns None
-    and the caller decodes with OpenCV/Pillow as before.
+    flavour). Anything else (no pyspng, a damaged file, a decoder error) returns None and the caller
+    decodes with OpenCV/Pillow as before.
     """
-    if pyspng is None or _png_header(data) != (8, colour_type) or not _png_intact(data):
+    if pyspng is None or not _png_intact(data):
         return None
     try:
         array = pyspng.load(data)
@@ -191,7 +192,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     data = _read_bytes(path, "image", "re-copy or re-export the file")
-    fast = _decode_png_fast(data, colour_type=2)
+    fast = _decode_png_fast(data, colour_type=2) if _png_header(data) == (8, 2) else None
     if fast is not None:
         return fast
     # libjpeg may hand back a grey-filled image for a cut-off JPEG with only a warning; the end
