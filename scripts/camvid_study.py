@@ -268,10 +268,16 @@ def group_rows(rows: list[dict]) -> dict[str, list[dict]]:
     return {arm: sorted(rs, key=lambda r: r["seed"]) for arm, rs in out.items()}
 
 
-def paired_deltas(a: list[dict], b: list[dict]) -> list[tuple[int, float]]:
-    """``(seed, mIoU(a) - mIoU(b))`` for every seed both arms have: same seed, same init and data order."""
-    b_by_seed = {r["seed"]: r["final_mIoU"] for r in b}
-    return [(r["seed"], r["final_mIoU"] - b_by_seed[r["seed"]]) for r in a if r["seed"] in b_by_seed]
+def paired_deltas(a: list[dict], b: list[dict], same_teacher: bool = False) -> list[tuple[int, float]]:
+    """``(seed, mIoU(a) - mIoU(b))`` for every seed both arms have: same seed, same init and data order.
+
+    ``same_teacher``: pair only runs distilled from the same teacher (two distillation arms); a student-alone
+    arm has no teacher, so a gain over it pairs every seed.
+    """
+    b_by_seed = {r["seed"]: r for r in b}
+    return [(r["seed"], r["final_mIoU"] - b_by_seed[r["seed"]]["final_mIoU"]) for r in a
+            if r["seed"] in b_by_seed
+            and (not same_teacher or r.get("teacher_mIoU") == b_by_seed[r["seed"]].get("teacher_mIoU"))]
 
 
 @dataclass(frozen=True)
@@ -340,7 +346,8 @@ def method_differences(groups: dict[str, list[dict]]) -> list[Paired]:
     """Two distillation arms on the same student, paired by seed (two-sided: H1 they differ).
 
     Listed when the arms share at least 2 seeds, or when one is a variant of the other (same config file,
-    e.g. the align or tau sweep points), which then shows as a single pair that is not ranked.
+    e.g. the align or tau sweep points), which then shows as a single pair that is not ranked. A seed counts
+    only when both runs distilled from the same teacher: the study's teacher was retrained once.
     """
     names = [n for n, a in ARMS.items() if a.alone is not None]
     out = []
@@ -348,7 +355,7 @@ def method_differences(groups: dict[str, list[dict]]) -> list[Paired]:
         for b in names[i + 1:]:
             if ARMS[a].alone != ARMS[b].alone:
                 continue
-            pairs = paired_deltas(groups.get(a, []), groups.get(b, []))
+            pairs = paired_deltas(groups.get(a, []), groups.get(b, []), same_teacher=True)
             if len(pairs) >= 2 or (pairs and ARMS[a].config == ARMS[b].config):
                 out.append(Paired(a, b, tuple(s for s, _ in pairs), tuple(d for _, d in pairs), True))
     return out
@@ -387,7 +394,8 @@ def report_tables(rows: list[dict]) -> str:
             lines += ["", "Seed-to-seed std of each student alone: " + "; ".join(noise) + "."]
     diffs = method_differences(groups)
     if diffs:
-        lines += ["", "Differences between methods on the same student, paired by seed; two-sided paired t-test, "
+        lines += ["", "Differences between methods on the same student, paired by seed (only runs distilled from the "
+                  "same teacher); two-sided paired t-test, "
                   "H1: the two differ. Several pairs are tested with no correction for that, so read a p-value "
                   "near 0.05 with care:", "",
                   "| student | arm A | arm B | seeds | A − B per seed | mean ± std | t | two-sided p | verdict |",

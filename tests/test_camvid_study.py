@@ -118,6 +118,24 @@ def test_one_seed_in_common_is_listed_only_for_a_variant_of_the_same_config(stud
     assert diffs[0].cells().startswith("s0 | -1.00 | -1.00 | - | - |")
 
 
+def test_method_differences_pair_only_runs_distilled_from_the_same_teacher(study) -> None:
+    # The tau-4 sweep point was distilled from the first teacher, CWD seed 0 was rerun on the second:
+    # their difference would mix a teacher change into a method change, so that seed is not paired.
+    rows = [_row("baseline", 0, 40.0), _row("cwd_logits", 0, 44.37), _row("cwd_logits_tau4", 0, 44.73),
+            _row("kd_logits", 0, 44.0), _row("kd_logits", 1, 44.5), _row("cwd_logits", 1, 44.43)]
+    for row, teacher in zip(rows[1:], (45.91, 45.51, 45.51, 45.91, 45.91), strict=True):
+        row["teacher_mIoU"] = teacher
+    groups = study.group_rows(rows)
+    assert study.method_differences(groups) == []  # cwd vs kd: only s1 shares a teacher; cwd vs tau4: none
+    rows[3]["teacher_mIoU"] = 45.91  # KD seed 0 rerun on the second teacher
+    (diff,) = study.method_differences(study.group_rows(rows))
+    assert (diff.a, diff.b, diff.seeds) == ("cwd_logits", "kd_logits", (0, 1))
+    assert diff.deltas == pytest.approx((0.37, -0.07))
+    # A gain over the student alone pairs every seed: the student alone has no teacher.
+    gain = {g.a: g for g in study.gains(study.group_rows(rows + [_row("baseline", 1, 41.0)]))}["cwd_logits"]
+    assert gain.seeds == (0, 1) and gain.deltas == pytest.approx((4.37, 3.43))
+
+
 def test_report_tables_give_the_first_studys_statistics_and_each_runs_teacher(study) -> None:
     # The first study's six PSPNet-R18-D8 runs (docs/camvid.md), distilled from the first teacher (45.51).
     first = {"baseline": (42.69507141052708, 42.252393017581205, 41.503861246535806),
