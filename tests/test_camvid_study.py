@@ -106,6 +106,38 @@ def test_method_differences_are_two_sided_and_never_rank_without_support(study) 
     assert study.two_sided_p([-d for d in close.deltas])[1] == pytest.approx(close.test[1])
 
 
+def test_holm_adjusts_each_p_value_over_its_family(study) -> None:
+    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1; each at least the one before it in that order.
+    assert study.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert study.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert study.holm([0.02]) == pytest.approx([0.02])
+
+
+def test_a_method_difference_is_ranked_only_when_it_survives_the_family_adjustment(study) -> None:
+    # Three arms on one student with two seeds each: KD - DIST is -1.52, -1.31 (two-sided p 0.046 alone),
+    # but it is one of three tests, so its adjusted p is above 0.05 and no winner is declared.
+    base = [_row("baseline", s, 42.0) for s in (0, 1)]
+    cwd = [_row("cwd_logits", 0, 44.37), _row("cwd_logits", 1, 44.43)]
+    kd = [_row("kd_logits", 0, 44.25), _row("kd_logits", 1, 44.23)]
+    dist = [_row("dist_logits", 0, 45.77), _row("dist_logits", 1, 45.54)]
+    seg = [_row("segformer_baseline", s, 45.0) for s in (0, 1)]
+    seg += [_row("segformer_cwd_logits", s, 40.0 + s) for s in (0, 1)]
+    seg += [_row("segformer_cwd_logits_align_teacher", s, 41.0 + s + 0.1 * s) for s in (0, 1)]
+    diffs = {(d.a, d.b): d for d in study.method_differences(study.group_rows(base + cwd + kd + dist + seg))}
+    kd_dist = diffs[("kd_logits", "dist_logits")]
+    raw = kd_dist.test[1]
+    assert raw < 0.05 and kd_dist.p_holm > 0.05
+    assert kd_dist.verdict() == "not shown with 2 seeds"
+    # The family is the student's: the SegFormer pair (its own family of one) is not adjusted by these three.
+    family = [diffs[k].test[1] for k in (("cwd_logits", "kd_logits"), ("cwd_logits", "dist_logits"),
+                                         ("kd_logits", "dist_logits"))]
+    assert [diffs[k].p_holm for k in (("cwd_logits", "kd_logits"), ("cwd_logits", "dist_logits"),
+                                      ("kd_logits", "dist_logits"))] == pytest.approx(study.holm(family))
+    seg_pair = diffs[("segformer_cwd_logits", "segformer_cwd_logits_align_teacher")]
+    assert seg_pair.p_holm == pytest.approx(seg_pair.test[1])
+    assert kd_dist.cells(holm=True).endswith(f"| {raw:.3f} | {kd_dist.p_holm:.3f} | not shown with 2 seeds |")
+
+
 def test_one_seed_in_common_is_listed_only_for_a_variant_of_the_same_config(study) -> None:
     rows = [_row("segformer_baseline", 0, 30.0), _row("segformer_cwd_logits", 0, 33.0),
             _row("segformer_cwd_logits_align_teacher", 0, 34.0), _row("baseline", 0, 40.0),
