@@ -22,6 +22,10 @@ import statistics
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # Run folders hold GBs of checkpoints; SEGDISTILL_STUDY_RUNS can put them outside the work tree.
@@ -692,6 +696,61 @@ def cmd_confusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def logit_spread(logits: torch.Tensor) -> dict[str, list[float]]:
+    """How spread a map's logits are, along the axes the logit losses' softmaxes run (10th, 50th, 90th %).
+
+    ``channel_std``: unbiased std of each (image, channel) over its H*W positions (CWD's axis);
+    ``pixel_std``: of each pixel over the C classes (KD's and DIST's axis); ``half_mass_raw`` and
+    ``half_mass_standardized``: the fewest positions that hold half of a channel's spatial softmax at
+    tau 1, as a fraction of H*W, on the raw logits and after logit standardization along that axis.
+    """
+    import torch
+
+    from segdistill.distill.losses import standardize_logits
+
+    flat = logits.detach().float().flatten(2)  # N, C, HW
+
+    def half_mass(x: torch.Tensor) -> torch.Tensor:
+        cum = x.softmax(-1).sort(-1, descending=True).values.cumsum(-1)
+        return ((cum < 0.5).sum(-1) + 1).float() / x.shape[-1]
+
+    q = torch.tensor([0.1, 0.5, 0.9])
+    values = {"channel_std": flat.std(-1), "pixel_std": logits.detach().float().std(1),
+              "half_mass_raw": half_mass(flat), "half_mass_standardized": half_mass(standardize_logits(flat, -1))}
+    return {k: [float(x) for x in torch.quantile(v.flatten(), q)] for k, v in values.items()}
+
+
+def cmd_spread(args: argparse.Namespace) -> int:
+    """logit_spread of one run's final model on the val frames at the evaluation size."""
+    import numpy as np
+    import torch
+
+    from segdistill.data import build_dataset, build_eval_pipeline
+    from segdistill.models import build_segmentor, load_checkpoint
+
+    by_id = {r.run_id: r for r in study()}
+    run = by_id.get(args.run)
+    if run is None or not (run.folder / "final.pth").is_file():
+        print(f"no final.pth for {args.run!r} under {RUNS}; see `status` for the run ids", file=sys.stderr)
+        return 2
+    ds = build_dataset("camvid", "../shared/data/camvid", "val")
+    pipeline = build_eval_pipeline((240, 180))
+    model = build_segmentor(ARMS[run.arm].student, ds.num_classes)
+    load_checkpoint(model, run.folder / "final.pth")
+    model.eval()
+    maps = []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            image, label = ds.load(i)
+            x, _ = pipeline(image, label, np.random.default_rng(0))
+            maps.append(model(x[None], with_aux=False)["decode"].float())
+    logits = torch.cat(maps)
+    print(f"{run.run_id}: decode logits of {len(ds)} val frames at 240x180, map {tuple(logits.shape[1:])}")
+    for name, (p10, p50, p90) in logit_spread(logits).items():
+        print(f"  {name}: median {p50:.3f} (10th-90th percentile {p10:.3f}-{p90:.3f})")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -713,6 +772,9 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", required=True, help="run ids (see `status`)")
     p.add_argument("--classes", nargs="+", default=["pedestrian", "bicyclist"])
     p.set_defaults(func=cmd_confusion)
+    p = sub.add_parser("spread", help="how spread one run's logits are, raw and standardized (logit_spread)")
+    p.add_argument("--run", default="teacher", help="run id (see `status`)")
+    p.set_defaults(func=cmd_spread)
     args = parser.parse_args()
     from segdistill.engine.trainer import TrainingStopped
 

@@ -314,3 +314,24 @@ def test_figures_are_not_redrawn_without_the_runs_whose_folders_are_gone(study, 
     assert not (figures / "camvid_curves.png").exists()  # baseline_s0 and cwd_logits_s0 have no metrics here
     assert not (figures / "camvid_predictions.png").exists()
     assert (figures / "camvid_curves_segformer_mit-b0.png").is_file()  # all of its runs are here
+
+
+def test_logit_spread_measures_each_softmax_axis_and_standardization_removes_scale(study) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 5)
+    # A positive scale and a shift per (image, channel): CWD's softmax axis is the positions.
+    scale = torch.tensor([0.5, 2.0, 8.0]).view(1, 3, 1, 1)
+    scaled = study.logit_spread(logits * scale + torch.randn(2, 3, 1, 1))
+    plain = study.logit_spread(logits)
+    assert scaled["half_mass_standardized"] == pytest.approx(plain["half_mass_standardized"], abs=1e-6)
+    assert scaled["half_mass_raw"] != pytest.approx(plain["half_mass_raw"], abs=1e-3)  # raw: scale matters
+    assert scaled["channel_std"][2] > plain["channel_std"][2] * 3  # the x8 channels
+    # One position far above the rest holds all of its channel's mass: 1 of 30 positions.
+    peaked = torch.zeros(1, 2, 6, 5)
+    peaked[0, 0, 2, 3] = peaked[0, 1, 5, 0] = 100.0
+    assert study.logit_spread(peaked)["half_mass_raw"] == pytest.approx([1 / 30] * 3)
+    # Flat logits spread their mass evenly: half of it needs half of the positions.
+    assert study.logit_spread(torch.zeros(1, 2, 6, 5))["half_mass_raw"] == pytest.approx([15 / 30] * 3)
+    # Per pixel over the classes (KD's and DIST's axis): classes 0, 1, 2 at 0, 1, 2 -> std 1 everywhere.
+    ramp = torch.arange(3.0).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    assert study.logit_spread(ramp)["pixel_std"] == pytest.approx([1.0] * 3)
