@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
     import torch
+
+    from segdistill.data.datasets import SegDataset
+    from segdistill.models import EncoderDecoder
 
 REPO = Path(__file__).resolve().parents[1]
 # Run folders hold GBs of checkpoints; SEGDISTILL_STUDY_RUNS can put them outside the work tree.
@@ -315,17 +321,15 @@ class Paired:
         test = self.test
         if test is None:
             return "1 seed pair: no test, not ranked"
-        _, p = test
-        if self.p_holm is not None:
-            p = self.p_holm
+        p = test[1] if self.p_holm is None else self.p_holm
         if not self.two_sided and 1.0 - p < alpha:  # the one-sided test of the other direction, H1: gain < 0
             return f"loss shown (one-sided p < {alpha:g} for H1: gain < 0)"
-        which = "Holm-adjusted p" if self.p_holm is not None else "two-sided p"
         if p >= alpha:
             return f"not shown with {self.n} seeds"
         if not self.two_sided:
             return f"gain shown (one-sided p < {alpha:g})"
         higher = self.a if self.mean > 0 else self.b
+        which = "two-sided p" if self.p_holm is None else "Holm-adjusted p"
         return f"{ARMS[higher].label} higher ({which} < {alpha:g})"
 
     def cells(self, holm: bool = False) -> str:
@@ -582,7 +586,6 @@ def _figures(finished: set[str]) -> None:
 
     from segdistill.data import build_dataset, build_eval_pipeline
     from segdistill.fileio import atomic_path
-    from segdistill.models import build_segmentor, load_checkpoint
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     palette = ["black", "tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange", "tab:brown", "tab:pink",
@@ -632,9 +635,7 @@ def _figures(finished: set[str]) -> None:
     palette[: len(ds.palette)] = np.array(ds.palette, np.uint8)
     models = {}
     for run in shown:
-        model = build_segmentor("pspnet_r50-d8" if run.arm == "teacher" else "pspnet_r18-d8", ds.num_classes)
-        load_checkpoint(model, run.folder / "final.pth")
-        models[run.run_id] = model.eval()
+        models[run.run_id] = _final_model(run, ds.num_classes)
     rows = []
     for i in (5, 30, 60, 90):
         image, label = ds.load(i)
@@ -654,14 +655,35 @@ def _figures(finished: set[str]) -> None:
         cv2.imwrite(str(tmp), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
 
 
+def _final_model(run: Run, num_classes: int) -> EncoderDecoder:
+    """A finished run's ``final.pth`` in its arm's network, in eval mode."""
+    from segdistill.models import build_segmentor, load_checkpoint
+
+    model = build_segmentor(ARMS[run.arm].student, num_classes)
+    load_checkpoint(model, run.folder / "final.pth")
+    return model.eval()
+
+
+def _val_inputs(ds: SegDataset) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Each val frame as a network input at the evaluation size (240x180), with its full-size label."""
+    import numpy as np
+
+    from segdistill.data import build_eval_pipeline
+
+    pipeline = build_eval_pipeline((240, 180))
+    for i in range(len(ds)):
+        image, label = ds.load(i)
+        x, _ = pipeline(image, label, np.random.default_rng(0))
+        yield x, label
+
+
 def cmd_confusion(args: argparse.Namespace) -> int:
     """For each run's final model: what it predicts on the val pixels of each chosen ground-truth class."""
     import numpy as np
     import torch
 
-    from segdistill.data import build_dataset, build_eval_pipeline
+    from segdistill.data import build_dataset
     from segdistill.evaluation.metrics import ConfusionMatrix
-    from segdistill.models import build_segmentor, load_checkpoint
 
     ds = build_dataset("camvid", "../shared/data/camvid", "val")
     unknown = [c for c in args.classes if c not in ds.classes]
@@ -673,16 +695,11 @@ def cmd_confusion(args: argparse.Namespace) -> int:
     if len(runs) != len(args.runs):
         print(f"no final.pth for {sorted(set(args.runs) - {r.run_id for r in runs})} under {RUNS}", file=sys.stderr)
         return 2
-    pipeline = build_eval_pipeline((240, 180))
     n = ds.num_classes
     for run in runs:
-        model = build_segmentor(ARMS[run.arm].student, n)
-        load_checkpoint(model, run.folder / "final.pth")
-        model.eval()
+        model = _final_model(run, n)
         cm = ConfusionMatrix(n)  # ground truth (rows) x prediction, ignored pixels left out
-        for i in range(len(ds)):
-            image, label = ds.load(i)
-            x, _ = pipeline(image, label, np.random.default_rng(0))
+        for x, label in _val_inputs(ds):
             with torch.no_grad():
                 cm.update(model.inference(x[None], out_size=label.shape).argmax(1)[0], torch.from_numpy(label))
         counts = cm.matrix.numpy()
@@ -708,25 +725,24 @@ def logit_spread(logits: torch.Tensor) -> dict[str, list[float]]:
 
     from segdistill.distill.losses import standardize_logits
 
-    flat = logits.detach().float().flatten(2)  # N, C, HW
+    logits = logits.detach().float()
+    flat = logits.flatten(2)  # N, C, HW
 
     def half_mass(x: torch.Tensor) -> torch.Tensor:
         cum = x.softmax(-1).sort(-1, descending=True).values.cumsum(-1)
         return ((cum < 0.5).sum(-1) + 1).float() / x.shape[-1]
 
     q = torch.tensor([0.1, 0.5, 0.9])
-    values = {"channel_std": flat.std(-1), "pixel_std": logits.detach().float().std(1),
+    values = {"channel_std": flat.std(-1), "pixel_std": logits.std(1),
               "half_mass_raw": half_mass(flat), "half_mass_standardized": half_mass(standardize_logits(flat, -1))}
     return {k: [float(x) for x in torch.quantile(v.flatten(), q)] for k, v in values.items()}
 
 
 def cmd_spread(args: argparse.Namespace) -> int:
     """logit_spread of one run's final model on the val frames at the evaluation size."""
-    import numpy as np
     import torch
 
-    from segdistill.data import build_dataset, build_eval_pipeline
-    from segdistill.models import build_segmentor, load_checkpoint
+    from segdistill.data import build_dataset
 
     by_id = {r.run_id: r for r in study()}
     run = by_id.get(args.run)
@@ -734,17 +750,9 @@ def cmd_spread(args: argparse.Namespace) -> int:
         print(f"no final.pth for {args.run!r} under {RUNS}; see `status` for the run ids", file=sys.stderr)
         return 2
     ds = build_dataset("camvid", "../shared/data/camvid", "val")
-    pipeline = build_eval_pipeline((240, 180))
-    model = build_segmentor(ARMS[run.arm].student, ds.num_classes)
-    load_checkpoint(model, run.folder / "final.pth")
-    model.eval()
-    maps = []
+    model = _final_model(run, ds.num_classes)
     with torch.no_grad():
-        for i in range(len(ds)):
-            image, label = ds.load(i)
-            x, _ = pipeline(image, label, np.random.default_rng(0))
-            maps.append(model(x[None], with_aux=False)["decode"].float())
-    logits = torch.cat(maps)
+        logits = torch.cat([model(x[None], with_aux=False)["decode"] for x, _ in _val_inputs(ds)])
     print(f"{run.run_id}: decode logits of {len(ds)} val frames at 240x180, map {tuple(logits.shape[1:])}")
     for name, (p10, p50, p90) in logit_spread(logits).items():
         print(f"  {name}: median {p50:.3f} (10th-90th percentile {p10:.3f}-{p90:.3f})")
