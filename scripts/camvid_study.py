@@ -395,22 +395,9 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def report_tables(rows: list[dict]) -> str:
-    """The study's markdown tables from its results rows (the ``runs`` of camvid_study.json)."""
-    groups = group_rows(rows)
-    lines = ["| student | arm | seeds | val mIoU (final iteration), mean ± std | per seed | minutes per run | "
-             "teacher's mIoU |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
-    for name, arm in ARMS.items():
-        rs = groups.get(name, [])
-        per_seed = ", ".join(f"s{r['seed']}: {r['final_mIoU']:.2f}" for r in rs) or "queued"
-        if name == "teacher" and rs and "earlier_result" in rs[0]:
-            per_seed += f" (first run: {rs[0]['earlier_result']['final_mIoU']:.2f})"
-        minutes = f"{statistics.mean(r['wall_time_s'] for r in rs) / 60:.0f}" if rs else "-"
-        student = "(teacher)" if name == "teacher" else NETWORKS.get(arm.student, arm.student)
-        teachers = sorted({f"{r['teacher_mIoU']:.2f}" for r in rs if r.get("teacher_mIoU") is not None})
-        lines.append(f"| {student} | {arm.label} | {len(rs)} | {_mean_std([r['final_mIoU'] for r in rs])} | "
-                     f"{per_seed} | {minutes} | {', '.join(teachers) or '-'} |")
+def paired_tables(groups: dict[str, list[dict]]) -> list[str]:
+    """The markdown lines of the paired gains over each student alone and of the method differences."""
+    lines: list[str] = []
     paired = gains(groups)
     if paired:
         lines += ["", "Paired gain over the same student alone (a seed fixes the initial weights and the data order, "
@@ -439,6 +426,39 @@ def report_tables(rows: list[dict]) -> str:
         for d in diffs:
             lines.append(f"| {NETWORKS.get(ARMS[d.a].student, ARMS[d.a].student)} | {ARMS[d.a].label} | "
                          f"{ARMS[d.b].label} | {d.cells(holm=True)}")
+    return lines
+
+
+def without_classes(rows: list[dict], classes: list[str]) -> list[dict]:
+    """``rows`` with each run's ``final_mIoU`` recomputed as the mean IoU over the classes not in ``classes``.
+
+    A class with no IoU (``None``: absent from both the labels and the predictions) stays out of the mean, as
+    in the metric. Asks how much of a difference the left-out classes carry (fence, for issue 17's methods).
+    """
+    out = []
+    for row in rows:
+        kept = [v for c, v in row["per_class_IoU"].items() if c not in classes and v is not None]
+        out.append({**row, "final_mIoU": statistics.mean(kept)})
+    return out
+
+
+def report_tables(rows: list[dict]) -> str:
+    """The study's markdown tables from its results rows (the ``runs`` of camvid_study.json)."""
+    groups = group_rows(rows)
+    lines = ["| student | arm | seeds | val mIoU (final iteration), mean ± std | per seed | minutes per run | "
+             "teacher's mIoU |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    for name, arm in ARMS.items():
+        rs = groups.get(name, [])
+        per_seed = ", ".join(f"s{r['seed']}: {r['final_mIoU']:.2f}" for r in rs) or "queued"
+        if name == "teacher" and rs and "earlier_result" in rs[0]:
+            per_seed += f" (first run: {rs[0]['earlier_result']['final_mIoU']:.2f})"
+        minutes = f"{statistics.mean(r['wall_time_s'] for r in rs) / 60:.0f}" if rs else "-"
+        student = "(teacher)" if name == "teacher" else NETWORKS.get(arm.student, arm.student)
+        teachers = sorted({f"{r['teacher_mIoU']:.2f}" for r in rs if r.get("teacher_mIoU") is not None})
+        lines.append(f"| {student} | {arm.label} | {len(rs)} | {_mean_std([r['final_mIoU'] for r in rs])} | "
+                     f"{per_seed} | {minutes} | {', '.join(teachers) or '-'} |")
+    lines += paired_tables(groups)
     classes = list(rows[0]["per_class_IoU"]) if rows else []
     if classes:
         lines += ["", "Per-class IoU at the final iteration, mean over seeds:", "",
@@ -557,6 +577,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     _write_block(DEPLOY_START, DEPLOY_END, deploy)
     if not args.from_json:
         _figures({row["run"] for row in doc["runs"]})
+    return 0
+
+
+def cmd_without(args: argparse.Namespace) -> int:
+    """The paired gains and method differences again, with each run's mIoU taken over the other classes."""
+    rows = json.loads(RESULTS.read_text())["runs"]
+    known = list(rows[0]["per_class_IoU"]) if rows else []
+    unknown = [c for c in args.classes if c not in known]
+    if unknown:
+        print(f"without: unknown class(es) {', '.join(unknown)}; the study's are {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    kept = len([c for c in known if c not in args.classes])
+    print(f"mIoU over {kept} of {len(known)} classes, without {', '.join(args.classes)} "
+          f"(from {RESULTS.relative_to(REPO)}):")
+    print("\n".join(paired_tables(group_rows(without_classes(rows, args.classes)))))
     return 0
 
 
@@ -780,6 +816,9 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", required=True, help="run ids (see `status`)")
     p.add_argument("--classes", nargs="+", default=["pedestrian", "bicyclist"])
     p.set_defaults(func=cmd_confusion)
+    p = sub.add_parser("without", help="paired gains and method differences with some classes left out of mIoU")
+    p.add_argument("--classes", nargs="+", required=True, help="class names to leave out, e.g. fence")
+    p.set_defaults(func=cmd_without)
     p = sub.add_parser("spread", help="how spread one run's logits are, raw and standardized (logit_spread)")
     p.add_argument("--run", default="teacher", help="run id (see `status`)")
     p.set_defaults(func=cmd_spread)

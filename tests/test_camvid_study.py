@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -335,3 +336,35 @@ def test_logit_spread_measures_each_softmax_axis_and_standardization_removes_sca
     # Per pixel over the classes (KD's and DIST's axis): classes 0, 1, 2 at 0, 1, 2 -> std 1 everywhere.
     ramp = torch.arange(3.0).view(1, 3, 1, 1).expand(1, 3, 4, 4)
     assert study.logit_spread(ramp)["pixel_std"] == pytest.approx([1.0] * 3)
+
+
+def test_without_classes_takes_miou_over_the_other_classes_and_pairs_as_before(study, tmp_path, monkeypatch,
+                                                                               capsys) -> None:
+    # Two arms whose whole difference is one class: leaving it out removes the difference, not the rest.
+    def row(arm: str, seed: int, fence: float, car: float | None) -> dict:
+        per_class = {"sky": 90.0 + seed, "fence": fence, "car": car}
+        kept = [v for v in per_class.values() if v is not None]
+        return {**_row(arm, seed, sum(kept) / len(kept)), "per_class_IoU": per_class, "teacher_mIoU": 45.9}
+
+    rows = [row("kd_logits", s, 30.0, 40.0 + s) for s in (0, 1, 2)]
+    rows += [row("dist_logits", s, 45.0 + s, 40.0 + s) for s in (0, 1, 2)]
+    rows.append(row("baseline", 0, 20.0, None))  # car absent: out of the mean, as in the metric
+    out = {r["run"]: r["final_mIoU"] for r in study.without_classes(rows, ["fence"])}
+    assert out["kd_logits_s1"] == pytest.approx((91.0 + 41.0) / 2)
+    assert out["baseline_s0"] == pytest.approx(90.0)
+    assert {r["run"]: r["final_mIoU"] for r in rows}["dist_logits_s1"] == pytest.approx((91 + 46 + 41) / 3)  # unchanged
+    (full,) = study.method_differences(study.group_rows(rows))
+    assert full.deltas == pytest.approx((-5.0, -5.33333, -5.66667), abs=1e-4)
+    (rest,) = study.method_differences(study.group_rows(study.without_classes(rows, ["fence"])))
+    assert rest.deltas == pytest.approx((0.0, 0.0, 0.0))
+    # The command reads the results JSON and says what a wrong class name is, with exit 2.
+    results = tmp_path / "camvid_study.json"
+    results.write_text(json.dumps({"runs": rows}))
+    monkeypatch.setattr(study, "RESULTS", results)
+    monkeypatch.setattr(study, "REPO", tmp_path)
+    assert study.cmd_without(argparse.Namespace(classes=["fence"])) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("mIoU over 2 of 3 classes, without fence (from camvid_study.json):")
+    assert "| s0, s1, s2 | +0.00, +0.00, +0.00 |" in printed
+    assert study.cmd_without(argparse.Namespace(classes=["fenc"])) == 2
+    assert "unknown class(es) fenc" in capsys.readouterr().err
