@@ -234,7 +234,8 @@ def test_the_study_runs_in_the_order_of_the_issues(study) -> None:
         "segformer_cwd_logits_s1", "segformer_baseline_s2", "segformer_cwd_logits_s2",
         "segformer_cwd_logits_align_teacher_s0", "segformer_cwd_logits_w1_s0", "kd_logits_s1", "kd_logits_s2",
         "dist_logits_s0", "dist_logits_s1",
-        "dist_logits_s2", "cwd_logits_std_s0", "cwd_logits_std_s1", "cwd_logits_std_s2", "mgd_bottleneck_s0"]
+        "dist_logits_s2", "cwd_logits_std_s0", "cwd_logits_std_s1", "cwd_logits_std_s2", "mgd_bottleneck_s0",
+        "mgd_bottleneck_s1", "mgd_bottleneck_s2"]
     runs = {r.run_id: r for r in study.study()}
     assert runs["mv2_baseline_s1"].overrides() == ["seed=1", "teacher=null"]
     teacher_ckpt = f"teacher.checkpoint={study.RUNS / 'teacher' / 'final.pth'}"
