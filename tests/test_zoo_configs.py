@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.cli import main
 from segdistill.config import load_config
+from segdistill.distill.distiller import check_compatible, tap_channels
 from segdistill.models import build_segmentor, model_info, segmentor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,12 +70,19 @@ def test_every_cityscapes_config_loads_and_builds(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.data.kind == "cityscapes"
     nets = [cfg.student.model] + ([cfg.teacher.model] if cfg.teacher else [])
-    for name in nets:
-        with torch.device("meta"):  # names and shapes only: no memory, no init
-            model = build_segmentor(name, 19)
+    with torch.device("meta"):  # names and shapes only: no memory, no init
+        models = [build_segmentor(name, 19) for name in nets]
+    for model in models:
         assert sum(p.numel() for p in model.parameters()) > 0
     if cfg.teacher is None:
         assert path.name in FACTS or path.name in UNPINNED, f"{path.name}: pin it to training_facts.json"
+    else:  # every term taps modules both networks have, with channels that match or a connector between them
+        student, teacher = models
+        with torch.device("meta"):
+            channels = tap_channels(student, teacher, cfg.distill.losses)
+        check_compatible(student, teacher, cfg.distill.losses, channels)
+        if path.name.startswith("mgd_"):  # the MGD authors' recipe: last backbone stage, 512 -> 2048 channels
+            assert channels["mgd_backbone"] == (512, 2048)
 
 
 @pytest.mark.parametrize("name", sorted(FACTS))
